@@ -1,0 +1,1 @@
+"""Long-running programs: assignment sidecar, control API, scheduler, simulator."""

@@ -1,0 +1,17 @@
+"""The `sluice` console command. Each subcommand lives in its own module and stays thin:
+parse, call the library, print."""
+
+from __future__ import annotations
+
+import click
+
+from sluice.cli.stats import stats
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sluice")
+def main() -> None:
+    """Sluice: streaming A/B tests and multi-armed bandits per entity."""
+
+
+main.add_command(stats)

@@ -1,0 +1,15 @@
+"""`sluice stats …`: the core's statistics at the terminal.
+
+Each subcommand reads JSON on stdin or flags, calls `sluice.core`, and prints a text table
+(or JSON with `--json`). Bad input is a one-line `click.UsageError`-style message naming
+the field.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def stats() -> None:
+    """Statistics of the decision core: Thompson probabilities, tests, power, decisions."""

@@ -1,0 +1,1 @@
+"""Faust stream processors: attribution, statistics, weight publishing, monitors, sink."""
