@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import click
 
+from sluice.cli.db import db
+from sluice.cli.demo import demo
+from sluice.cli.stack import down, up
 from sluice.cli.stats import stats
+from sluice.cli.topics import topics
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,3 +19,8 @@ def main() -> None:
 
 
 main.add_command(stats)
+main.add_command(db)
+main.add_command(topics)
+main.add_command(up)
+main.add_command(down)
+main.add_command(demo)

@@ -1,0 +1,42 @@
+"""Helpers shared by the CLI modules: settings, and turning our errors into one-line messages."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from sluice.config import Settings
+from sluice.errors import SluiceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def bootstrap_or_fail(s: Settings) -> str:
+    """The Kafka to talk to: `KAFKA_BOOTSTRAP`, or the local broker `sluice up` started."""
+    from sluice.local.stack import local_broker, running_local_broker
+
+    if s.kafka_bootstrap:
+        return s.kafka_bootstrap
+    if running_local_broker(s) is None:
+        raise click.ClickException("no Kafka: set KAFKA_BOOTSTRAP or start the local stack with `sluice up` (make up)")
+    return local_broker(s).bootstrap
+
+
+def sluice_errors(fn: F) -> F:
+    """Report a `SluiceError` as `Error: …` and exit 1, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SluiceError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
