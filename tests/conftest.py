@@ -1,0 +1,91 @@
+"""Shared fixtures. Integration fixtures start real parts once per session:
+
+- `kafka_bootstrap`: `KAFKA_BOOTSTRAP` if set; a testcontainers Kafka when
+  `SLUICE_TEST_KAFKA=testcontainers` (needs a Docker engine); otherwise a real local broker
+  on free loopback ports in a temporary directory, stopped by pid when the session ends.
+- `clickhouse`: the embedded chDB engine in a temporary directory (one per process, as chDB
+  requires), or `CLICKHOUSE_URL`'s server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.avro import SchemaSet, SingleObjectSerde
+from sluice.config import project_root
+
+ROOT = project_root()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def schemas() -> SchemaSet:
+    return SchemaSet.load(ROOT / "schemas")
+
+
+@pytest.fixture(scope="session")
+def serde(schemas: SchemaSet) -> SingleObjectSerde:
+    return SingleObjectSerde(schemas)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    if os.environ.get("SLUICE_TEST_KAFKA") == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from sluice.local.kafka import KafkaBroker
+
+    broker = KafkaBroker(
+        data_dir=tmp_path_factory.mktemp("kafka"),
+        cache_dir=Path(os.environ.get("SLUICE_CACHE", ROOT / ".cache")),
+        port=free_port(),
+        controller_port=free_port(),
+    )
+    broker.start()
+    # For tests/integration/test_broker_lifecycle.py, which checks this pid is gone afterwards.
+    if os.environ.get("SLUICE_TEST_RECORD_BROKER_PID"):
+        with open(os.environ["SLUICE_TEST_RECORD_BROKER_PID"], "a") as f:
+            f.write(f"{broker.process.pid if broker.process else ''}\n")
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix no other test uses, so each test has topics of its own."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from sluice.clickhouse import connect
+
+    client = connect(os.environ.get("CLICKHOUSE_URL") or None, path=tmp_path_factory.mktemp("chdb"))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def database() -> str:
+    """A ClickHouse database name no other test uses."""
+    return f"t_{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,50 @@
+"""Migrations on the embedded ClickHouse engine (or CLICKHOUSE_URL's server)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from sluice.clickhouse import MIGRATIONS, migrate
+from sluice.clickhouse.migrations import TTL_TABLES
+
+pytestmark = pytest.mark.integration
+
+# Rows older than the TTL vanish on insert: use recent event times.
+NOW_MS = int(time.time() * 1000)
+
+
+def test_migrations_apply_twice_and_rows_come_back(clickhouse: Any, database: str) -> None:
+    assert migrate(clickhouse, database=database) == [m.version for m in MIGRATIONS]
+    assert migrate(clickhouse, database=database) == []
+    tables = {r[0] for r in clickhouse.query(f"SHOW TABLES FROM {database}").result_rows}
+    assert set(TTL_TABLES) <= tables
+
+    serve = ["e1", "s1", "ranking", "adv-1", "user-1", "model-b", True, 0.25, 4, 1234, NOW_MS + 123, {"page": "home"}]
+    cols = ["event_id", "serve_id", "experiment_id", "entity", "unit_id", "arm", "in_experiment", "propensity",
+            "weights_version", "bucket", "timestamp", "context"]
+    clickhouse.insert(f"{database}.serves", [serve], column_names=cols)
+    clickhouse.insert(f"{database}.rewards", [["r1", "s1", "ranking", "adv-1", "click", 1.0, None, None, NOW_MS + 1000]],
+                      column_names=["event_id", "serve_id", "experiment_id", "entity", "name", "value", "latency_ms", "error", "timestamp"])
+    row = clickhouse.query(
+        f"SELECT s.arm, s.propensity, toUnixTimestamp64Milli(s.timestamp), s.context['page'], r.value "
+        f"FROM {database}.serves AS s INNER JOIN {database}.rewards AS r USING serve_id").result_rows
+    assert row == [("model-b", 0.25, NOW_MS + 123, "home", 1.0)]
+
+
+def test_ttl_follows_the_configuration_on_every_migrate(clickhouse: Any, database: str) -> None:
+    migrate(clickhouse, database=database, ttl_days=90)
+    migrate(clickhouse, database=database, ttl_days=30)
+    ddl = clickhouse.query(f"SHOW CREATE TABLE {database}.serves").result_rows[0][0]
+    assert "toIntervalDay(30)" in ddl
+
+
+def test_a_retried_insert_with_the_same_token_is_dropped(clickhouse: Any, database: str) -> None:
+    migrate(clickhouse, database=database)
+    row = [["r1", "s1", "ranking", "adv-1", "click", 1.0, None, None, NOW_MS + 1000]]
+    cols = ["event_id", "serve_id", "experiment_id", "entity", "name", "value", "latency_ms", "error", "timestamp"]
+    for _ in range(2):
+        clickhouse.insert(f"{database}.rewards", row, column_names=cols, settings={"insert_deduplication_token": "rewards-0-0-0"})
+    assert clickhouse.query(f"SELECT count() FROM {database}.rewards").result_rows == [(1,)]
