@@ -24,10 +24,16 @@ from sluice.config import project_root
 ROOT = project_root()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (all held open while choosing, so none repeats)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture(scope="session")
@@ -53,11 +59,12 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from sluice.local.kafka import KafkaBroker
 
+    port, controller_port = free_ports(2)
     broker = KafkaBroker(
         data_dir=tmp_path_factory.mktemp("kafka"),
         cache_dir=Path(os.environ.get("SLUICE_CACHE", ROOT / ".cache")),
-        port=free_port(),
-        controller_port=free_port(),
+        port=port,
+        controller_port=controller_port,
     )
     broker.start()
     # For tests/integration/test_broker_lifecycle.py, which checks this pid is gone afterwards.

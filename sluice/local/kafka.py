@@ -154,7 +154,9 @@ class KafkaBroker:
         if meta.exists():
             return
         cluster_id = _kafka_uuid()
-        cmd = self._java_cmd(STORAGE_TOOL, "format", "--standalone", "-t", cluster_id, "-c", str(props))
+        # "--cluster-id=ID" in one argument: an id may start with "-", which argparse would
+        # otherwise take for an option (1 run in 64 failed that way).
+        cmd = self._java_cmd(STORAGE_TOOL, "format", "--standalone", f"--cluster-id={cluster_id}", "-c", str(props))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise LocalStackError(f"kafka-storage format failed (exit {proc.returncode}): {proc.stdout}{proc.stderr}")

@@ -41,3 +41,14 @@ def test_one_broker_per_session_and_none_left_after_it(tmp_path: Path) -> None:
     pids = [int(p) for p in pids_file.read_text().split()]
     assert len(pids) == 1, f"expected one broker for the session, started {pids}"
     assert not _alive(pids[0]), f"broker pid {pids[0]} still running after its session"
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One random cluster id in 64 starts with "-"; the storage tool once took it for an option.
+    import sluice.local.kafka as local_kafka
+    from sluice.config import project_root
+
+    monkeypatch.setattr(local_kafka, "_kafka_uuid", lambda: "-MJoB-hDTC2hfUCrvdqtyw")
+    broker = local_kafka.KafkaBroker(data_dir=tmp_path, cache_dir=Path(os.environ.get("SLUICE_CACHE", project_root() / ".cache")))
+    broker._format()
+    assert "cluster.id=-MJoB-hDTC2hfUCrvdqtyw" in (tmp_path / "kraft-logs" / "meta.properties").read_text()
