@@ -1,0 +1,1 @@
+"""The SDK production services use: assignments, serve and reward logging."""
