@@ -7,6 +7,7 @@ import click
 
 from sluice.cli.db import db
 from sluice.cli.demo import demo
+from sluice.cli.sink import sink
 from sluice.cli.stack import down, up
 from sluice.cli.stats import stats
 from sluice.cli.topics import topics
@@ -24,3 +25,4 @@ main.add_command(topics)
 main.add_command(up)
 main.add_command(down)
 main.add_command(demo)
+main.add_command(sink)

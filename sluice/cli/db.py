@@ -24,3 +24,20 @@ def migrate(database: str, ttl_days: int | None) -> None:
     client = connect(s.clickhouse_url, path=s.chdb_path)
     applied = run_migrations(client, database=database, ttl_days=ttl_days or s.sluice_clickhouse_ttl_days)
     click.echo(f"{database}: applied {applied}" if applied else f"{database}: up to date")
+
+
+@db.command()
+@click.argument("sql")
+@sluice_errors
+def query(sql: str) -> None:
+    """Run one SQL query and print the rows, tab-separated (for scripts and quick looks).
+
+    With the embedded engine, only one process can open the data at a time: stop the sink
+    (or use CLICKHOUSE_URL) first.
+    """
+    from sluice.clickhouse import connect
+
+    s = settings()
+    result = connect(s.clickhouse_url, path=s.chdb_path).query(sql)
+    for row in result.result_rows:
+        click.echo("\t".join(str(v) for v in row))

@@ -33,4 +33,5 @@ def connect(url: str | None = None, *, path: Path | None = None) -> Any:
         raise
     except Exception as exc:  # clickhouse-connect raises its own and OS errors
         where = url or f"embedded engine at {path}"
-        raise ClickHouseError(f"cannot connect to ClickHouse ({where}): {exc}") from exc
+        hint = "" if url else " (only one process at a time can open the embedded engine's data: stop the other one, or use CLICKHOUSE_URL)"
+        raise ClickHouseError(f"cannot connect to ClickHouse ({where}): {exc}{hint}") from exc

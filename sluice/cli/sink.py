@@ -1,0 +1,43 @@
+"""`sluice sink`: run the ClickHouse sink in the foreground."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
+
+
+@click.command()
+@click.option("--prefix", default="sluice", show_default=True, help="Topic name prefix.")
+@click.option("--database", default="sluice", show_default=True, help="ClickHouse database.")
+@click.option("--batch-max", type=click.IntRange(min=1), default=50_000, show_default=True, help="Most messages per batch.")
+@click.option("--instance-id", envvar="SLUICE_INSTANCE_ID", default=None,
+              help="Static group member id: a sink restarted with the same id resumes at once. Unique per running sink.")
+@click.option("--stop-when-idle", type=float, default=None, metavar="SECONDS", help="Exit after this long without a message.")
+@sluice_errors
+def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, stop_when_idle: float | None) -> None:
+    """Copy serves, rewards, weight tables, alerts and decisions from Kafka into ClickHouse.
+
+    Stops cleanly on SIGTERM or Ctrl-C; a kill at any moment loses and duplicates nothing.
+    """
+    from sluice.avro import SchemaSet, SingleObjectSerde
+    from sluice.clickhouse import connect, migrate
+    from sluice.config import project_root
+    from sluice.kafka import TopicNames
+    from streams.sink.sink import ClickHouseSink
+
+    s = settings()
+    client = connect(s.clickhouse_url, path=s.chdb_path)
+    migrate(client, database=database, ttl_days=s.sluice_clickhouse_ttl_days)
+    runner = ClickHouseSink(bootstrap_or_fail(s), client, SingleObjectSerde(SchemaSet.load(project_root() / "schemas")),
+                            TopicNames(prefix), database=database, batch_max=batch_max, instance_id=instance_id)
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    click.echo(f"sink: {prefix}.* -> {database} on {s.clickhouse_url or s.chdb_path}", err=True)
+    try:
+        runner.run(stop_when_idle_s=stop_when_idle)
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"sink: stopped after {runner.counts.messages} messages, {runner.counts.rows_inserted} rows, "
+               f"{runner.counts.dead_letters} dead letters", err=True)

@@ -1,0 +1,64 @@
+"""From decoded records to ClickHouse rows: one function per topic, one row shape per table.
+
+Each row ends with the Kafka lineage columns (`_topic`, `_partition`, `_offset`), which the
+sink also uses to find where to resume after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+LINEAGE = ("_topic", "_partition", "_offset")
+
+SERVE_COLUMNS = ("event_id", "serve_id", "experiment_id", "entity", "unit_id", "arm", "in_experiment", "propensity",
+                 "weights_version", "bucket", "timestamp", "context")
+REWARD_COLUMNS = ("event_id", "serve_id", "experiment_id", "entity", "name", "value", "latency_ms", "error", "timestamp")
+WEIGHT_COLUMNS = ("event_id", "experiment_id", "entity", "version", "arm", "weight", "buckets", "policy", "reason",
+                  "serves", "count", "sum", "sum_squares", "window_start", "window_end", "computed_at")
+ALERT_COLUMNS = ("event_id", "experiment_id", "entity", "arm", "kind", "severity", "value", "threshold", "message",
+                 "weights_version", "timestamp")
+DECISION_COLUMNS = ("event_id", "experiment_id", "entity", "verdict", "winner", "rule", "reason", "arm_actions", "timestamp")
+
+
+def _flat(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], Iterator[tuple[Any, ...]]]:
+    def rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+        yield tuple(record.get(c) for c in columns)
+
+    return rows
+
+
+def weight_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """One row per arm of a weight table, with that arm's statistics beside its weight."""
+    stats = {s["arm"]: s for s in record["statistics"]}
+    for arm in record["arms"]:
+        s = stats.get(arm["arm"], {})
+        yield (record["event_id"], record["experiment_id"], record["entity"], record["version"], arm["arm"], arm["weight"],
+               arm["buckets"], record["policy"], record["reason"], s.get("serves", 0), s.get("count", 0), s.get("sum", 0.0),
+               s.get("sum_squares", 0.0), record["window_start"], record["window_end"], record["computed_at"])
+
+
+def decision_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    yield (record["event_id"], record["experiment_id"], record.get("entity"), record["verdict"], record.get("winner"),
+           record["rule"], record["reason"], json.dumps(record["arm_actions"]), record["timestamp"])
+
+
+@dataclass(frozen=True)
+class TableRoute:
+    """Where records of one schema go, and how they become rows."""
+
+    schema: str  # short record name the topic must carry
+    table: str
+    columns: tuple[str, ...]
+    rows: Callable[[dict[str, Any]], Iterator[tuple[Any, ...]]]
+
+
+ROUTES: dict[str, TableRoute] = {
+    "serves": TableRoute("ServeEvent", "serves", SERVE_COLUMNS, _flat(SERVE_COLUMNS)),
+    "rewards": TableRoute("RewardEvent", "rewards", REWARD_COLUMNS, _flat(REWARD_COLUMNS)),
+    "weights": TableRoute("WeightTable", "weights", WEIGHT_COLUMNS, weight_rows),
+    "alerts": TableRoute("Alert", "alerts", ALERT_COLUMNS, _flat(ALERT_COLUMNS)),
+    "decisions": TableRoute("Decision", "decisions", DECISION_COLUMNS, decision_rows),
+}
