@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ def _suites() -> list[str]:
 @click.argument("suites", nargs=-1)
 def main(quick: bool, out: Path, suites: tuple[str, ...]) -> None:
     """Run the named benchmark SUITES (all of them when none is named)."""
+    # SIGTERM (a timeout, CI stopping) unwinds like Ctrl-C, so brokers started here are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     available = _suites()
     chosen = list(suites) or available
     unknown = sorted(set(chosen) - set(available))

@@ -84,6 +84,7 @@ class ClickHouseSink:
             overrides["group.instance.id"] = instance_id
         self._consumer = Consumer(consumer_config(bootstrap, group_id or f"{names.prefix}-clickhouse-sink", **overrides))
         self._assigned = threading.Event()
+        self._subscribed = False
         self._dlq = Producer(producer_config(bootstrap))
         self._stop = threading.Event()
         # Fault injection for the crash tests: SIGKILL ourselves right after the n-th insert,
@@ -114,7 +115,6 @@ class ClickHouseSink:
     def run(self, *, until: Callable[[], bool] | None = None, stop_when_idle_s: float | None = None) -> None:
         """Consume until `stop()` is called, `until()` says so, or (with `stop_when_idle_s`)
         nothing arrived for that many seconds since partitions were assigned)."""
-        self._consumer.subscribe(list(self._routes), on_assign=self._on_assign)
         last_message = time.monotonic()
         try:
             while not self._stop.is_set() and not (until and until()):
@@ -123,14 +123,26 @@ class ClickHouseSink:
                 elif stop_when_idle_s is not None and time.monotonic() - last_message > stop_when_idle_s:
                     break
         finally:
-            self._consumer.close()
-            self._dlq.flush(10)
+            self.close()
 
     def stop(self) -> None:
+        """Ask `run()` to return after the batch in hand (safe from a signal handler)."""
         self._stop.set()
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._dlq.flush(10)
+
+    @property
+    def assigned(self) -> bool:
+        """True once the consumer group gave this sink its partitions."""
+        return self._assigned.is_set()
 
     def step(self) -> int:
         """One batch: consume, insert per partition, flush dead letters, commit. Returns messages handled."""
+        if not self._subscribed:
+            self._consumer.subscribe(list(self._routes), on_assign=self._on_assign)
+            self._subscribed = True
         messages = self._consumer.consume(num_messages=self.batch_max, timeout=self.poll_timeout_s)
         if not messages:
             return 0
