@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import click
 
 from bench._figures import Figure, markdown_table, write_results
+from sluice.cli._common import sigterm_unwinds
 
 HERE = Path(__file__).parent
 
@@ -31,7 +31,7 @@ def _suites() -> list[str]:
 def main(quick: bool, out: Path, suites: tuple[str, ...]) -> None:
     """Run the named benchmark SUITES (all of them when none is named)."""
     # SIGTERM (a timeout, CI stopping) unwinds like Ctrl-C, so brokers started here are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    sigterm_unwinds()
     available = _suites()
     chosen = list(suites) or available
     unknown = sorted(set(chosen) - set(available))

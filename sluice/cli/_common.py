@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,3 +41,12 @@ def sluice_errors(fn: F) -> F:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def sigterm_unwinds() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, so `finally` blocks stop what a command started."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)

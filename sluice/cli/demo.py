@@ -6,7 +6,7 @@ import time
 
 import click
 
-from sluice.cli._common import settings, sluice_errors
+from sluice.cli._common import settings, sigterm_unwinds, sluice_errors
 
 
 @click.command()
@@ -16,4 +16,5 @@ def demo() -> None:
     print them, and stop what was started."""
     from services import demo_foundation
 
+    sigterm_unwinds()
     demo_foundation.run(settings(), now_ms=int(time.time() * 1000), echo=click.echo)

@@ -175,7 +175,7 @@ class KafkaBroker:
         self.pid_file.write_text(str(self.process.pid))
         try:
             wait_until_ready(self.bootstrap, timeout_s=timeout_s, process=self.process)
-        except LocalStackError:
+        except BaseException:  # not ready, or interrupted (Ctrl-C, SIGTERM) while waiting: leave nothing behind
             self.stop()
             raise
         return time.monotonic() - started
