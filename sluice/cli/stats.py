@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import click
 
+from sluice.cli.stats_tests import compare_command, decide_command, power_command
+
 
 @click.group()
 def stats() -> None:
     """Statistics of the decision core: Thompson probabilities, tests, power, decisions."""
+
+
+stats.add_command(compare_command)
+stats.add_command(power_command)
+stats.add_command(decide_command)
