@@ -1,0 +1,180 @@
+"""Mergeable sufficient statistics of rewards, per arm and per event-time hour.
+
+`ArmStatistics` holds, for K arms, the count of observations, the sum of rewards and the
+sum of squared rewards (arrays of shape (K,)). They add: partitions, hours and workers
+combine by `+`, so a recomputation from raw events gives the same numbers.
+
+`HourlyStatistics` keeps one `ArmStatistics` per event-time hour (hour index =
+epoch milliseconds // 3,600,000). `window` sums the hours that overlap
+[end − length, end]; `expire` drops hours wholly before the window. Both are plain
+functions of the state and the times passed in: no clock is read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class StatisticsInputError(ValueError):
+    """Arrays or times that do not describe valid observations."""
+
+
+@dataclass(frozen=True)
+class ArmStatistics:
+    """count, total and total_sq per arm, each shape (K,)."""
+
+    count: NDArray[np.float64]
+    total: NDArray[np.float64]
+    total_sq: NDArray[np.float64]
+
+    def __post_init__(self) -> None:
+        shapes = {self.count.shape, self.total.shape, self.total_sq.shape}
+        if len(shapes) != 1 or self.count.ndim != 1:
+            raise StatisticsInputError(f"count, total and total_sq must be 1-D of one shape, got {sorted(shapes)}")
+
+    @classmethod
+    def zeros(cls, num_arms: int) -> ArmStatistics:
+        if num_arms < 1:
+            raise StatisticsInputError(f"num_arms must be at least 1, but {num_arms} is given")
+        return cls(np.zeros(num_arms), np.zeros(num_arms), np.zeros(num_arms))
+
+    @classmethod
+    def of(cls, count: ArrayLike, total: ArrayLike, total_sq: ArrayLike | None = None) -> ArmStatistics:
+        """From per-arm arrays; for binary rewards total_sq defaults to total (0² = 0, 1² = 1)."""
+        c = np.asarray(count, dtype=np.float64)
+        t = np.asarray(total, dtype=np.float64)
+        q = t.copy() if total_sq is None else np.asarray(total_sq, dtype=np.float64)
+        for name, arr in (("count", c), ("total", t), ("total_sq", q)):
+            if not np.all(np.isfinite(arr)):
+                raise StatisticsInputError(f"{name} must be finite, but {arr.tolist()} is given")
+        if (c < 0).any():
+            raise StatisticsInputError(f"count must be >= 0, but {c.tolist()} is given")
+        return cls(c, t, q)
+
+    @classmethod
+    def from_rewards(cls, arms: ArrayLike, rewards: ArrayLike, num_arms: int) -> ArmStatistics:
+        """Statistics of observations `rewards[i]` of arm `arms[i]` (arrays of shape (n,))."""
+        a = np.asarray(arms, dtype=np.int64)
+        r = np.asarray(rewards, dtype=np.float64)
+        if a.shape != r.shape or a.ndim != 1:
+            raise StatisticsInputError(f"arms and rewards must be 1-D of one length, got {a.shape} and {r.shape}")
+        if a.size and (a.min() < 0 or a.max() >= num_arms):
+            raise StatisticsInputError(f"arm indices must be in [0, {num_arms}), got {int(a.min())}..{int(a.max())}")
+        if not np.all(np.isfinite(r)):
+            raise StatisticsInputError("rewards must be finite")
+        return cls(
+            np.bincount(a, minlength=num_arms).astype(np.float64),
+            np.bincount(a, weights=r, minlength=num_arms),
+            np.bincount(a, weights=r * r, minlength=num_arms),
+        )
+
+    @property
+    def num_arms(self) -> int:
+        return int(self.count.size)
+
+    @property
+    def mean(self) -> NDArray[np.float64]:
+        """Sample mean per arm; NaN where an arm has no observation."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.total / self.count, np.nan)
+
+    @property
+    def variance(self) -> NDArray[np.float64]:
+        """Unbiased sample variance per arm; NaN below two observations."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ss = self.total_sq - self.total * self.total / self.count
+            return np.where(self.count > 1, np.maximum(ss, 0.0) / (self.count - 1), np.nan)
+
+    def __add__(self, other: ArmStatistics) -> ArmStatistics:
+        if other.num_arms != self.num_arms:
+            raise StatisticsInputError(f"cannot add statistics of {self.num_arms} and {other.num_arms} arms")
+        return ArmStatistics(self.count + other.count, self.total + other.total, self.total_sq + other.total_sq)
+
+    def with_arms(self, num_arms: int) -> ArmStatistics:
+        """The same statistics padded with empty arms (a new arm joined the experiment)."""
+        if num_arms < self.num_arms:
+            raise StatisticsInputError(f"cannot shrink statistics from {self.num_arms} to {num_arms} arms")
+        pad = num_arms - self.num_arms
+        return ArmStatistics(*(np.pad(a, (0, pad)) for a in (self.count, self.total, self.total_sq)))
+
+    def to_lists(self) -> list[list[float]]:
+        return [self.count.tolist(), self.total.tolist(), self.total_sq.tolist()]
+
+    @classmethod
+    def from_lists(cls, lists: list[list[float]]) -> ArmStatistics:
+        return cls.of(*lists)
+
+
+@dataclass(frozen=True)
+class HourlyStatistics:
+    """Per-arm statistics in event-time hourly buckets: hour index → `ArmStatistics`."""
+
+    num_arms: int
+    hours: Mapping[int, ArmStatistics] = field(default_factory=dict)
+
+    def add(self, hour: int, stats: ArmStatistics) -> HourlyStatistics:
+        """A new state with `stats` added to `hour`."""
+        hours = dict(self.hours)
+        hours[hour] = hours[hour] + stats if hour in hours else stats
+        return HourlyStatistics(self.num_arms, hours)
+
+    def add_rewards(self, arms: ArrayLike, rewards: ArrayLike, times_ms: ArrayLike) -> HourlyStatistics:
+        """A new state with observations (arm, reward, event time in epoch ms) added."""
+        a = np.asarray(arms, dtype=np.int64)
+        r = np.asarray(rewards, dtype=np.float64)
+        h = np.asarray(times_ms, dtype=np.int64) // HOUR_MS
+        state: HourlyStatistics = self
+        for hour in np.unique(h):
+            sel = h == hour
+            state = state.add(int(hour), ArmStatistics.from_rewards(a[sel], r[sel], self.num_arms))
+        return state
+
+    def merge(self, other: HourlyStatistics) -> HourlyStatistics:
+        """The state holding the observations of both (order does not matter)."""
+        if other.num_arms != self.num_arms:
+            raise StatisticsInputError(f"cannot merge statistics of {self.num_arms} and {other.num_arms} arms")
+        state: HourlyStatistics = self
+        for hour, stats in other.hours.items():
+            state = state.add(hour, stats)
+        return state
+
+    def window(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> ArmStatistics:
+        """Sum of the hours that overlap [end_ms − length_ms, end_ms]."""
+        first, last = window_hours(end_ms, length_ms)
+        total = ArmStatistics.zeros(self.num_arms)
+        for hour, stats in self.hours.items():
+            if first <= hour <= last:
+                total = total + stats
+        return total
+
+    def expire(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> HourlyStatistics:
+        """A new state without the hours that ended before the window started."""
+        first, _ = window_hours(end_ms, length_ms)
+        return HourlyStatistics(self.num_arms, {h: s for h, s in self.hours.items() if h >= first})
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able form: {"num_arms": K, "hours": {"hour": [count, total, total_sq]}}."""
+        return {"num_arms": self.num_arms, "hours": {str(h): s.to_lists() for h, s in sorted(self.hours.items())}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> HourlyStatistics:
+        hours = data["hours"]
+        if not isinstance(hours, Mapping):
+            raise StatisticsInputError(f"hours must be a mapping, but {type(hours).__name__} is given")
+        return cls(int(data["num_arms"]), {int(h): ArmStatistics.from_lists(v) for h, v in hours.items()})  # type: ignore[arg-type]
+
+
+def window_hours(end_ms: int, length_ms: int) -> tuple[int, int]:
+    """First and last hour index overlapping [end_ms − length_ms, end_ms]."""
+    if length_ms <= 0:
+        raise StatisticsInputError(f"window length must be > 0 ms, but {length_ms} is given")
+    start = end_ms - length_ms
+    # hour h covers [h·H, (h+1)·H): it overlaps iff (h+1)·H > start and h·H <= end
+    return start // HOUR_MS, end_ms // HOUR_MS
