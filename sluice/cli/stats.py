@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from sluice.cli.stats_tests import compare_command, decide_command, power_command
+from sluice.cli.stats_thompson import thompson_command
 
 
 @click.group()
@@ -17,6 +18,7 @@ def stats() -> None:
     """Statistics of the decision core: Thompson probabilities, tests, power, decisions."""
 
 
+stats.add_command(thompson_command)
 stats.add_command(compare_command)
 stats.add_command(power_command)
 stats.add_command(decide_command)
