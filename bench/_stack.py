@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from sluice.config import Settings
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @contextlib.contextmanager
@@ -30,9 +18,9 @@ def kafka() -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
-    from sluice.local.kafka import KafkaBroker
+    from sluice.local.kafka import KafkaBroker, free_loopback_ports
 
-    port, controller = _free_ports(2)
+    port, controller = free_loopback_ports(2)
     with tempfile.TemporaryDirectory(prefix="sluice-bench-kafka-") as data:
         broker = KafkaBroker(data_dir=Path(data), cache_dir=Settings().sluice_cache, port=port, controller_port=controller, heap="1g")
         broker.start()

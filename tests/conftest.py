@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,20 +19,12 @@ import pytest
 
 from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.config import project_root
+from sluice.local.kafka import free_loopback_ports
 
 ROOT = project_root()
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free loopback ports (all held open while choosing, so none repeats)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+free_ports = free_loopback_ports
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -230,6 +231,18 @@ def wait_until_ready(bootstrap: str, *, timeout_s: float = 60.0, process: subpro
         if time.monotonic() > deadline:
             raise LocalStackError(f"no Kafka broker answered a metadata request at {bootstrap} within {timeout_s:.0f} s")
         time.sleep(0.1)
+
+
+def free_loopback_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1 (all held open while choosing, so none repeats)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _kafka_uuid() -> str:
