@@ -1,0 +1,328 @@
+"""The experiment specification every part of Sluice shares, and its YAML loader.
+
+A spec names the experiment and its randomization unit, declares the parameters an
+application reads and the arms (one value for every parameter), and says how traffic is
+split (salt, buckets, traffic fraction, layer), which policy sets the weights, what the
+reward is, which guardrails limit the weights and which criteria decide the outcome.
+
+`load_spec(text)` parses YAML text (the caller reads the file; `sluice.specfile` does it
+for a path) and `spec_from_mapping(data)` validates already-parsed data (the JSON of the
+`ExperimentSpec` Avro record). Both raise `SpecError`, whose message names the field path,
+the bad value and what was expected, one line per problem.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml  # a pure parser: YAML text in, Python values out (no I/O here)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sluice.core.allocation import DEFAULT_NUM_BUCKETS, MAX_NUM_BUCKETS, Allocation
+from sluice.core.assignment import Assigner, LayerSlice, traffic_threshold
+from sluice.core.decisions import DecisionCriteria
+from sluice.core.guardrails import GuardrailConfig, GuardrailError
+
+# Ids and salts: no ":" or "/", so the hash key `salt:unit_id` is unambiguous and the
+# derived salts (`salt/traffic`, `layer/name`) never equal an experiment's salt.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+Status = Literal["draft", "running", "paused", "stopped"]
+ParameterType = Literal["string", "integer", "number", "boolean", "json"]
+RewardType = Literal["binary", "continuous"]
+
+
+class SpecError(ValueError):
+    """An experiment spec that does not parse or validate; the message names every problem."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ParameterSpec(_Frozen):
+    """A configuration value the application reads (`ranking.model`); every arm sets it."""
+
+    name: str = Field(min_length=1, max_length=200, description="parameter name, e.g. ranking.model")
+    type: ParameterType = Field("string", description="type of the value every arm gives it")
+    description: str = ""
+
+
+class ArmSpec(_Frozen):
+    """One candidate: a name and a value for every declared parameter."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=128)
+    values: dict[str, Any] = Field(default_factory=dict, description="parameter name -> value")
+    description: str = ""
+
+
+class PolicySpec(_Frozen):
+    """Which registered policy turns statistics into weights, and its parameters."""
+
+    name: str = Field(min_length=1, description="registered policy name: static, thompson, epsilon_greedy, ucb1...")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardSpec(_Frozen):
+    """What counts as the reward of a serve."""
+
+    type: RewardType = Field(description="binary: 0/1, counted at most once per serve; continuous: summed per serve")
+    name: str = Field(min_length=1, description="the RewardEvent name that counts (click, conversion, revenue...)")
+    attribution_window_hours: float = Field(24.0, gt=0, description="how long after a serve a reward still counts")
+
+    @property
+    def attribution_window_ms(self) -> int:
+        return round(self.attribution_window_hours * HOUR_MS)
+
+
+class LayerSpec(_Frozen):
+    """The experiment's slice [start, end) of a layer's buckets; experiments of one layer
+    must have disjoint slices (check a set of specs with `layer_conflicts`)."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=128)
+    start: int = Field(ge=0)
+    end: int = Field(gt=0)
+    num_buckets: int = Field(DEFAULT_NUM_BUCKETS, ge=1, le=MAX_NUM_BUCKETS)
+
+    @model_validator(mode="after")
+    def _slice_fits(self) -> LayerSpec:
+        if not self.start < self.end <= self.num_buckets:
+            raise ValueError(
+                f"slice [{self.start}, {self.end}) must satisfy start < end <= num_buckets ({self.num_buckets})"
+            )
+        return self
+
+    def to_slice(self) -> LayerSlice:
+        return LayerSlice(self.name, self.start, self.end, self.num_buckets)
+
+
+class ExperimentSpec(_Frozen):
+    """The whole definition of an experiment. Durations are in hours/days as named; use the
+    `*_ms` properties for the millisecond fields of the Avro records."""
+
+    id: str = Field(pattern=NAME_PATTERN, max_length=128)
+    spec_version: int = Field(1, ge=1, description="increases with every change")
+    status: Status = "draft"
+    description: str = ""
+    salt: str = Field(pattern=NAME_PATTERN, max_length=128, description="salt of the bucket hash")
+    unit: str = Field(min_length=1, description="name of the randomization unit: user_id, session_id...")
+    entity: str | None = Field(None, min_length=1, description="name of the entity field: advertiser_id, site...")
+    entities: tuple[str, ...] | None = Field(None, description="the entities the experiment runs for, if fixed")
+    parameters: tuple[ParameterSpec, ...] = Field(min_length=1)
+    arms: tuple[ArmSpec, ...] = Field(min_length=2)
+    default_arm: str = Field(description="served outside the experiment and when no weight table is known")
+    policy: PolicySpec
+    reward: RewardSpec
+    window_days: float = Field(7.0, gt=0, description="length of the sliding statistics window")
+    num_buckets: int = Field(DEFAULT_NUM_BUCKETS, ge=2, le=MAX_NUM_BUCKETS)
+    traffic_fraction: float = Field(1.0, gt=0, le=1, description="share of units that enter the experiment")
+    layer: LayerSpec | None = None
+    guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
+    criteria: DecisionCriteria = Field(default_factory=DecisionCriteria)
+
+    @field_validator("parameters")
+    @classmethod
+    def _unique_parameters(cls, parameters: tuple[ParameterSpec, ...]) -> tuple[ParameterSpec, ...]:
+        _check_unique([p.name for p in parameters], "parameter")
+        return parameters
+
+    @field_validator("entities")
+    @classmethod
+    def _unique_entities(cls, entities: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if entities is not None:
+            if any(not e for e in entities):
+                raise ValueError("entity names must be non-empty")
+            _check_unique(list(entities), "entity")
+        return entities
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentSpec:
+        names = [a.name for a in self.arms]
+        problems = []
+        try:
+            _check_unique(names, "arm")
+        except ValueError as exc:
+            problems.append(f"arms: {exc}")
+        declared = {p.name: p.type for p in self.parameters}
+        for i, arm in enumerate(self.arms):
+            where = f"arms[{i}] ({arm.name!r}).values"
+            missing = [p for p in declared if p not in arm.values]
+            extra = [p for p in arm.values if p not in declared]
+            if missing:
+                problems.append(f"{where}: missing parameter(s) {missing}; every arm must set every declared parameter")
+            if extra:
+                problems.append(f"{where}: undeclared parameter(s) {extra}; declared are {list(declared)}")
+            for name, value in arm.values.items():
+                if name in declared and not _has_type(value, declared[name]):
+                    article = "an" if declared[name][0] in "aeiou" else "a"
+                    problems.append(f"{where}.{name}: expected {article} {declared[name]}, but {value!r} is given")
+        if self.default_arm not in names:
+            problems.append(f"default_arm: {self.default_arm!r} is not an arm; the arms are {names}")
+        if self.entities is not None and self.entity is None:
+            problems.append("entities: a list of entities needs the entity field name (entity) as well")
+        try:
+            self.guardrails.check_arms(names)
+        except GuardrailError as exc:
+            problems.append(f"guardrails: {exc}")
+        if traffic_threshold(self.traffic_fraction, self.num_buckets) == 0:
+            problems.append(
+                f"traffic_fraction: {self.traffic_fraction} of {self.num_buckets} buckets rounds to 0 buckets; "
+                "no unit would enter the experiment"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _policy_params_valid(self) -> ExperimentSpec:
+        try:
+            from sluice.core.policies import validate_policy_params
+        except ModuleNotFoundError as exc:  # the policy registry is written alongside this module
+            if exc.name != "sluice.core.policies":
+                raise
+            return self
+        try:
+            validate_policy_params(self.policy.name, self.policy.params)
+        except ValueError as exc:
+            raise ValueError(f"policy: {exc}") from exc
+        return self
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arms)
+
+    @property
+    def window_ms(self) -> int:
+        return round(self.window_days * DAY_MS)
+
+    def record_fields(self) -> dict[str, Any]:
+        """The fields of the `ExperimentSpec` Avro record this spec determines; the publisher
+        adds `event_id` and `updated_at`. Arm values are JSON-encoded, the whole spec travels
+        as `spec_json`."""
+        return {
+            "experiment_id": self.id,
+            "spec_version": self.spec_version,
+            "status": self.status.upper(),
+            "salt": self.salt,
+            "num_buckets": self.num_buckets,
+            "traffic_fraction": self.traffic_fraction,
+            "layer": None if self.layer is None else self.layer.name,
+            "unit": self.unit,
+            "arms": [
+                {"name": a.name, "values": {k: json.dumps(v, sort_keys=True) for k, v in a.values.items()}}
+                for a in self.arms
+            ],
+            "default_arm": self.default_arm,
+            "policy": self.policy.name,
+            "reward_type": self.reward.type.upper(),
+            "attribution_window_ms": self.reward.attribution_window_ms,
+            "window_ms": self.window_ms,
+            "spec_json": self.model_dump_json(),
+        }
+
+    def arm_index(self, name: str) -> int:
+        """Position of arm `name` (the order of weights, allocations and statistics)."""
+        try:
+            return self.arm_names.index(name)
+        except ValueError:
+            raise SpecError(
+                f"arm {name!r} is not in experiment {self.id!r}; the arms are {list(self.arm_names)}"
+            ) from None
+
+    def assigner(self, allocation: Allocation) -> Assigner:
+        """An `Assigner` for this experiment under `allocation` (one weight table)."""
+        if allocation.num_buckets != self.num_buckets:
+            raise SpecError(
+                f"allocation has {allocation.num_buckets} buckets but experiment {self.id!r} "
+                f"has num_buckets {self.num_buckets}"
+            )
+        return Assigner(
+            self.salt,
+            allocation,
+            self.arm_names,
+            self.default_arm,
+            self.traffic_fraction,
+            None if self.layer is None else self.layer.to_slice(),
+        )
+
+
+def spec_from_mapping(data: Mapping[str, Any]) -> ExperimentSpec:
+    """Validate parsed data (from YAML or JSON) into an ExperimentSpec, or raise SpecError."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"an experiment spec must be a mapping of fields, but a {type(data).__name__} is given")
+    try:
+        return ExperimentSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = tuple(line for e in exc.errors() for line in _describe(e))
+        spec_id = data.get("id")
+        head = f"experiment spec {spec_id!r}" if isinstance(spec_id, str) else "experiment spec"
+        raise SpecError(f"{head} is invalid:\n  " + "\n  ".join(problems), problems) from None
+
+
+def load_spec(text: str) -> ExperimentSpec:
+    """Parse and validate an experiment spec from YAML (or JSON) text, or raise SpecError."""
+    if not isinstance(text, str):
+        raise SpecError(f"load_spec takes the YAML text as a str, but a {type(text).__name__} is given")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"experiment spec is not valid YAML{where}: {problem}") from None
+    return spec_from_mapping(data)
+
+
+def _describe(error: Any) -> list[str]:
+    """One line per problem in a pydantic error: `path: what is wrong, and the value`."""
+    path = _path(error.get("loc", ()))
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "value_error":
+        # Our own validators name the field path and the value already; a cross-field
+        # validator may report several problems, one per line.
+        lines = message.removeprefix("Value error, ").split("\n")
+        return [f"{path}: {line}" if path else line for line in lines]
+    if error.get("type") == "missing":
+        return [f"{path}: required field is missing"]
+    if error.get("type") == "extra_forbidden":
+        return [f"{path}: unknown field (value {_short(error.get('input'))})"]
+    return [f"{path}: {message}, but {_short(error.get('input'))} is given"]
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    dupes = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise ValueError(f"{what} names must be unique, but {dupes} appear more than once")
+
+
+def _has_type(value: Any, kind: ParameterType) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return True  # json: any value YAML/JSON can hold
