@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 SLUICE := $(VENV)/bin/sluice
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup demo test test-unit test-integration up down bench bench-quick lock clean
+.PHONY: help setup tools demo test test-unit test-integration up down bench bench-quick lock clean
 
 help:
 	@echo "make demo    run the demo on the embedded defaults (starts and stops what it needs)"
@@ -29,7 +29,11 @@ setup: $(STAMP)
 demo: setup
 	$(SLUICE) demo
 
-test: setup
+# Debian tools the tests run for real (promtool, chromium, wrk...), installed when missing.
+tools:
+	deploy/local/ensure-tools
+
+test: setup tools
 	$(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -44,10 +48,10 @@ up: setup
 down: $(STAMP)
 	$(SLUICE) down
 
-bench: setup
+bench: setup tools
 	$(PY) -m bench
 
-bench-quick: setup
+bench-quick: setup tools
 	$(PY) -m bench --quick
 
 # Re-pin after changing dependencies in pyproject.toml.

@@ -1,0 +1,67 @@
+"""Prometheus metrics of every Sluice process, named in one place.
+
+Naming: `sluice_<component>_<what>_<unit>`; counters end in `_total`, durations are in
+`_seconds`, sizes in `_bytes`. Label values come from small sets (reason codes, topic
+kinds, outcome names, routes) or from the experiments a process serves (experiment,
+entity, arm), never from unit or serve ids. Each component builds its metrics on a
+registry it is given, so tests can use a fresh one and a process exposes only its own.
+
+The alert rules in `deploy/prometheus/` and the health dashboard read these names; change
+them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets for request handling (sidecar) and publication freshness (worker).
+REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    """The stream worker (`sluice worker`): input, attribution, state and publication."""
+
+    events: Counter
+    rejected: Counter
+    attribution: Counter
+    state_keys: Gauge
+    expired: Counter
+    consumer_lag: Gauge
+    published: Counter
+    arm_weight: Gauge
+    freshness: Histogram
+    last_published: Gauge
+    batch_size: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> StreamMetrics:
+        return cls(
+            events=Counter("sluice_stream_events_total", "Input events applied to statistics, by topic kind (serves, rewards).",
+                           ["topic"], registry=registry),
+            rejected=Counter("sluice_stream_rejected_total", "Input events sent to the dead-letter topic, by reason.",
+                             ["topic", "reason"], registry=registry),
+            attribution=Counter("sluice_stream_attribution_total",
+                                "Rewards by attribution outcome (attributed, duplicate, after_window, unknown_serve, "
+                                "other_reward, outside_experiment).", ["outcome"], registry=registry),
+            state_keys=Gauge("sluice_stream_state_keys", "Keys held in the worker's tables, by table.", ["table"],
+                             registry=registry),
+            expired=Counter("sluice_stream_expired_total", "State entries expired (serves past attribution, hours "
+                            "past the window), by table.", ["table"], registry=registry),
+            consumer_lag=Gauge("sluice_stream_consumer_lag_messages", "Messages not yet read, per input topic kind "
+                               "(summed over the partitions this worker owns).", ["topic"], registry=registry),
+            published=Counter("sluice_weights_published_total", "Weight tables published, by experiment.",
+                              ["experiment"], registry=registry),
+            arm_weight=Gauge("sluice_weights_arm_weight", "Latest published weight of each arm.",
+                             ["experiment", "entity", "arm"], registry=registry),
+            freshness=Histogram("sluice_weights_freshness_seconds", "Time from the newest input event a table "
+                                "includes reaching Kafka to the table's publication.", buckets=FRESHNESS_BUCKETS,
+                                registry=registry),
+            last_published=Gauge("sluice_weights_last_published_timestamp_seconds", "Unix time of the latest "
+                                 "publication, per experiment.", ["experiment"], registry=registry),
+            batch_size=Histogram("sluice_stream_batch_events", "Events per processed batch.",
+                                 buckets=(1, 10, 100, 1_000, 5_000, 10_000, 50_000), registry=registry),
+        )
