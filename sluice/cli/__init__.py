@@ -7,10 +7,12 @@ import click
 
 from sluice.cli.db import db
 from sluice.cli.demo import demo
+from sluice.cli.experiments import experiments
 from sluice.cli.sink import sink
 from sluice.cli.stack import down, up
 from sluice.cli.stats import stats
 from sluice.cli.topics import topics
+from sluice.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,3 +28,5 @@ main.add_command(up)
 main.add_command(down)
 main.add_command(demo)
 main.add_command(sink)
+main.add_command(experiments)
+main.add_command(worker)

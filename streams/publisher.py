@@ -1,0 +1,100 @@
+"""Entity state + experiment spec → the next WeightTable: policy, then guardrails.
+
+`next_weight_table` is a plain function of the state, the spec and the clock reading it is
+given; the worker calls it on its publication interval for every (experiment, entity)
+whose statistics changed, sends the record, and keeps the new version and allocation in
+the state.
+
+Arms removed from the spec keep their place in the state (serve records refer to arms by
+index) but get weight 0: the guardrails pin them to 0, so their buckets move to the live
+arms with minimum churn, and the table still lists them with no buckets.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sluice.core.allocation import Allocation
+from sluice.core.guardrails import apply_guardrails
+from sluice.core.policies import PolicyContext, policy_probabilities
+from sluice.core.spec import ExperimentSpec
+from sluice.core.sufficient import ArmStatistics, window_hours
+from streams.state import COUNT, FIELDS, SERVES, SUM, SUM_SQ, EntityState, entity_of
+
+
+@dataclass(frozen=True)
+class Publication:
+    record: dict[str, Any]  # the WeightTable Avro record
+    weights: dict[str, float]
+    allocation: Allocation
+
+
+def window_totals(state: EntityState, window_ms: int) -> NDArray[np.float64]:
+    """Per arm of `state.arms`: [serves, count, sum, sum_sq] summed over the window ending
+    at the newest event time, shape (K, 4)."""
+    first, last = window_hours(state.max_event_ms, window_ms)
+    total = np.zeros(FIELDS * len(state.arms))
+    for hour, row in state.hours.items():
+        if first <= hour <= last:
+            total += row
+    return total.reshape(len(state.arms), FIELDS)
+
+
+def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int) -> Publication:
+    """The weight table to publish now; updates nothing (see `mark_published`)."""
+    for arm in spec.arm_names:  # arms new to the spec join the state (and the allocation)
+        state.arm_index(arm)
+    arms = tuple(state.arms)
+    totals = window_totals(state, spec.window_ms)
+    live = [state.arms.index(a) for a in spec.arm_names]
+
+    live_stats = ArmStatistics.of(totals[live, COUNT], totals[live, SUM], totals[live, SUM_SQ])
+    ctx = PolicyContext(spec.arm_names, spec.reward.type)
+    proposed_live = policy_probabilities(spec.policy.name, spec.policy.params, live_stats, ctx)
+    proposed = np.zeros(len(arms))
+    proposed[live] = proposed_live
+
+    removed = [a for a in arms if a not in spec.arm_names]
+    config = spec.guardrails
+    if removed:
+        config = config.model_copy(update={"pins": {**config.pins, **{a: 0.0 for a in removed}}})
+    previous = None
+    if state.allocation is not None and state.num_buckets == spec.num_buckets:
+        previous = Allocation.from_ranges(state.allocation, state.num_buckets)
+    result = apply_guardrails(proposed, config, arms=arms, observations=totals[:, COUNT], previous=previous,
+                              num_buckets=spec.num_buckets)
+
+    policy_part = ", ".join(f"{a}={p:.4g}" for a, p in zip(spec.arm_names, proposed_live))
+    reason = f"{spec.policy.name} over {int(totals[live, COUNT].sum())} observations: {policy_part}; {result.reason()}"
+    first, _ = window_hours(state.max_event_ms, spec.window_ms)
+    record = {
+        "event_id": str(uuid.uuid4()),
+        "experiment_id": spec.id,
+        "entity": entity_of(routing),
+        "version": state.version + 1,
+        "num_buckets": spec.num_buckets,
+        "arms": result.allocation.to_arm_weights(arms),
+        "policy": spec.policy.name,
+        "reason": reason,
+        "statistics": [
+            {"arm": a, "serves": int(t[SERVES]), "count": int(t[COUNT]), "sum": float(t[SUM]),
+             "sum_squares": float(t[SUM_SQ])}
+            for a, t in zip(arms, totals)
+        ],
+        "window_start": max(0, first * 3_600_000),
+        "window_end": state.max_event_ms,
+        "computed_at": now_ms,
+    }
+    return Publication(record, dict(zip(arms, result.weights.tolist())), result.allocation)
+
+
+def mark_published(state: EntityState, publication: Publication) -> None:
+    state.version = publication.record["version"]
+    state.allocation = publication.allocation.to_lists()
+    state.num_buckets = publication.allocation.num_buckets
+    state.published_changes = state.changes

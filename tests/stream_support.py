@@ -1,0 +1,205 @@
+"""Helpers for the stream worker's tests: synthetic traffic, an independent recomputation
+of the statistics from the events, worker processes, and reading published tables.
+
+The recomputation here is written from the rules in README ("Attribution") without the
+worker's code, so that a test comparing the two checks the worker, not itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sluice.core.spec import ExperimentSpec, spec_from_mapping
+from sluice.kafka.clients import entity_key
+from sluice.kafka.io import AvroProducer, read_to_end
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bandit_spec(exp_id: str, arms: list[str], *, policy: str = "thompson", status: str = "running",
+                reward_type: str = "binary", window_days: float = 7.0, attribution_hours: float = 24.0,
+                **extra: Any) -> ExperimentSpec:
+    return spec_from_mapping({
+        "id": exp_id, "status": status, "salt": f"{exp_id}-salt", "unit": "user_id", "entity": "site",
+        "parameters": [{"name": "model", "type": "string"}],
+        "arms": [{"name": a, "values": {"model": f"m-{a}"}} for a in arms],
+        "default_arm": arms[0], "policy": {"name": policy, "params": {}},
+        "reward": {"type": reward_type, "name": "click", "attribution_window_hours": attribution_hours},
+        "window_days": window_days, "guardrails": {"floor": 0.02}, **extra,
+    })
+
+
+@dataclass
+class Traffic:
+    """Events as produced, in order: (topic kind, key, record)."""
+
+    events: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
+
+    def serve(self, exp: str, entity: str, arm: str, ts: int, *, in_experiment: bool = True,
+              serve_id: str | None = None) -> str:
+        serve_id = serve_id or str(uuid.uuid4())
+        self.events.append(("serves", entity_key(exp, entity), {
+            "event_id": str(uuid.uuid4()), "serve_id": serve_id, "experiment_id": exp, "entity": entity,
+            "unit_id": f"u-{uuid.uuid4().hex[:8]}", "arm": arm, "in_experiment": in_experiment,
+            "propensity": 0.25, "weights_version": 0, "bucket": 0, "timestamp": ts, "context": {},
+        }))
+        return serve_id
+
+    def reward(self, exp: str, entity: str, serve_id: str, value: float, ts: int, name: str = "click") -> None:
+        self.events.append(("rewards", entity_key(exp, entity), {
+            "event_id": str(uuid.uuid4()), "serve_id": serve_id, "experiment_id": exp, "entity": entity,
+            "name": name, "value": value, "timestamp": ts, "latency_ms": None, "error": None,
+        }))
+
+    def bandit(self, exp: str, entities: list[str], rates: dict[str, float], n_per_entity: int, start_ms: int,
+               rng: np.random.Generator, *, spacing_ms: int = 1_000, reward_delay_ms: int = 60_000) -> None:
+        """Serves spread evenly over arms, each rewarded with its arm's probability."""
+        arms = list(rates)
+        for entity in entities:
+            for i in range(n_per_entity):
+                arm = arms[int(rng.integers(len(arms)))]
+                ts = start_ms + i * spacing_ms
+                sid = self.serve(exp, entity, arm, ts)
+                if rng.random() < rates[arm]:
+                    self.reward(exp, entity, sid, 1.0, ts + int(rng.integers(reward_delay_ms)))
+
+    def produce(self, bootstrap: str, prefix: str, serde: Any, start: int = 0, stop: int | None = None) -> None:
+        producer = AvroProducer(bootstrap, serde)
+        schema = {"serves": "ServeEvent", "rewards": "RewardEvent"}
+        for kind, key, record in self.events[start:stop]:
+            producer.send(f"{prefix}.{kind}.v1", key, schema[kind], record)
+        producer.flush()
+
+
+def expected_statistics(traffic: Traffic, specs: dict[str, ExperimentSpec]) -> dict[tuple[str, str], dict[str, tuple]]:
+    """(experiment, entity) → arm → (serves, count, sum, sum_squares) over each key's window."""
+    serves: dict[str, dict[str, Any]] = {}
+    rewards: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    newest: dict[tuple[str, str], int] = defaultdict(int)
+    for kind, _, r in traffic.events:
+        newest[(r["experiment_id"], r["entity"])] = max(newest[(r["experiment_id"], r["entity"])], r["timestamp"])
+        if kind == "serves":
+            serves.setdefault(r["serve_id"], r)  # a duplicate serve id counts once
+        else:
+            rewards[r["serve_id"]].append(r)
+    out: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for sid, s in serves.items():
+        key = (s["experiment_id"], s["entity"])
+        spec = specs[s["experiment_id"]]
+        first_hour = (newest[key] - spec.window_ms) // HOUR_MS
+        if s["timestamp"] // HOUR_MS < first_hour:
+            continue
+        acc = out.setdefault(key, {}).setdefault(s["arm"], [0, 0, 0.0, 0.0])
+        acc[0] += 1
+        if not s["in_experiment"]:
+            continue
+        acc[1] += 1
+        total = 0.0
+        for r in rewards.get(sid, []):
+            if r["name"] != spec.reward.name or r["timestamp"] - s["timestamp"] > spec.reward.attribution_window_ms:
+                continue
+            total = 1.0 if spec.reward.type == "binary" and r["value"] == 1.0 else (
+                total if spec.reward.type == "binary" else total + r["value"])
+        acc[2] += total
+        acc[3] += total * total
+    return {k: {a: tuple(v) for a, v in arms.items()} for k, arms in out.items()}
+
+
+def latest_tables(bootstrap: str, prefix: str, serde: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The newest WeightTable of every (experiment, entity) on the weights topic."""
+    tables: dict[tuple[str, str], dict[str, Any]] = {}
+    for msg in read_to_end(bootstrap, [f"{prefix}.weights.v1"]):
+        rec = serde.decode(msg.value, "WeightTable").record
+        key = (rec["experiment_id"], rec["entity"])
+        if key not in tables or rec["version"] > tables[key]["version"]:
+            tables[key] = rec
+    return tables
+
+
+def table_statistics(table: dict[str, Any]) -> dict[str, tuple]:
+    """arm → (serves, count, sum, sum_squares) of a table, leaving out arms with no serves."""
+    return {s["arm"]: (s["serves"], s["count"], s["sum"], s["sum_squares"])
+            for s in table["statistics"] if s["serves"]}
+
+
+def wait_for_statistics(bootstrap: str, prefix: str, serde: Any, expected: dict, timeout_s: float = 90.0) -> dict:
+    """Poll the weights topic until every key's latest table carries `expected`; returns
+    the tables, or fails showing the difference."""
+    deadline = time.monotonic() + timeout_s
+    got: dict = {}
+    while time.monotonic() < deadline:
+        tables = latest_tables(bootstrap, prefix, serde)
+        got = {k: table_statistics(t) for k, t in tables.items()}
+        if got == expected:
+            return tables
+        time.sleep(0.5)
+    raise AssertionError(f"published statistics never matched the recomputation:\n got {got}\n expected {expected}")
+
+
+class WorkerProcess:
+    """`sluice worker` as a child process (so a test can SIGKILL it), stopped by pid."""
+
+    def __init__(self, bootstrap: str, prefix: str, log_path: Path, *, metrics_port: int,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.metrics_port = metrics_port
+        self.log_path = log_path
+        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
+        cmd = [sys.executable, "-m", "sluice.cli", "worker", "--prefix", prefix, "--publish-interval", "0.2",
+               "--metrics-port", str(metrics_port), *extra_args]
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Current value of one sample on the worker's /metrics (0 if absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+    def wait_metric(self, name: str, value: float, timeout_s: float = 60.0, **labels: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}; log {self.log_path}")
+            try:
+                last = self.metric(name, **labels)
+                if last == value:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{name}{labels} stayed {last}, expected {value}; log {self.log_path}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
