@@ -72,6 +72,8 @@ class WorkerConfig:
     max_future_ms: int = 3_600_000
     orphan_grace_ms: int = 3_600_000
     web_port: int | None = None  # Faust's web views (tables); loopback only, off by default
+    instance_id: str | None = None  # static group membership: a restart rejoins without a rebalance
+    session_timeout_s: float = 15.0
 
     @property
     def app_id(self) -> str:
@@ -141,15 +143,16 @@ class Worker:
             broker_commit_interval=c.commit_interval_s,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            consumer_group_instance_id=c.instance_id,
+            broker_session_timeout=c.session_timeout_s,
             web_enabled=c.web_port is not None,
             web_bind="127.0.0.1",
             web_host="127.0.0.1",
             web_port=c.web_port or 6066,
             logging_config=None,
         )
-        raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.table = app.tables.add(RoutedTable(
-            app, name="state", beacon=app.tables.beacon, partitions=c.partitions, schema=raw,
+        self.table = app.tables.add(RoutedTable(  # bytes in and out: the "raw" codec, no JSON
+            app, name="state", beacon=app.tables.beacon, partitions=c.partitions, key_type=bytes, value_type=bytes,
             help="Per (experiment, entity) statistics and per serve attribution state.",
         ))
         # Each table write queues one changelog message; let a whole batch queue before

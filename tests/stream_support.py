@@ -154,10 +154,10 @@ class WorkerProcess:
     """`sluice worker` as a child process (so a test can SIGKILL it), stopped by pid."""
 
     def __init__(self, bootstrap: str, prefix: str, log_path: Path, *, metrics_port: int,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.metrics_port = metrics_port
         self.log_path = log_path
-        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
+        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}
         cmd = [sys.executable, "-m", "sluice.cli", "worker", "--prefix", prefix, "--publish-interval", "0.2",
                "--metrics-port", str(metrics_port), *extra_args]
         self._log = open(log_path, "ab")
@@ -176,6 +176,13 @@ class WorkerProcess:
         return 0.0
 
     def wait_metric(self, name: str, value: float, timeout_s: float = 60.0, **labels: str) -> None:
+        """Wait until the sample equals `value`."""
+        self._wait(name, lambda v: v == value, f"== {value}", timeout_s, labels)
+
+    def wait_metric_above(self, name: str, value: float, timeout_s: float = 60.0, **labels: str) -> None:
+        self._wait(name, lambda v: v > value, f"> {value}", timeout_s, labels)
+
+    def _wait(self, name: str, ok: Any, want: str, timeout_s: float, labels: dict[str, str]) -> None:
         deadline = time.monotonic() + timeout_s
         last = None
         while time.monotonic() < deadline:
@@ -183,12 +190,12 @@ class WorkerProcess:
                 raise AssertionError(f"worker exited with {self.proc.returncode}; log {self.log_path}")
             try:
                 last = self.metric(name, **labels)
-                if last == value:
+                if ok(last):
                     return
             except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{name}{labels} stayed {last}, expected {value}; log {self.log_path}")
+                pass  # not listening yet
+            time.sleep(0.05)
+        raise AssertionError(f"{name}{labels} stayed {last}, expected {want}; log {self.log_path}")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

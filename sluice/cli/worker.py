@@ -23,10 +23,18 @@ from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
               default=9465, show_default=True, help="Prometheus /metrics port on 127.0.0.1 (0: none).")
 @click.option("--web-port", type=click.IntRange(min=1, max=65535), default=None,
               help="Serve Faust's web views of the tables on this loopback port (off by default).")
+@click.option("--instance-id", envvar="SLUICE_INSTANCE_ID", default=None,
+              help="Static group member id: a worker restarted with the same id resumes without a rebalance. "
+                   "Unique per running worker.")
+@click.option("--expire-interval", type=click.FloatRange(min=0.05), default=30.0, show_default=True,
+              help="Seconds between sweeps that drop serve records past attribution.")
+@click.option("--orphan-grace-hours", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Event-time hours a reward waits for its serve before it counts as unknown_serve.")
 @click.option("--loglevel", default="warning", show_default=True)
 @sluice_errors
 def worker(prefix: str, store: str, data_dir: Path | None, publish_interval: float, batch_max: int,
-           metrics_port: int, web_port: int | None, loglevel: str) -> None:
+           metrics_port: int, web_port: int | None, instance_id: str | None, expire_interval: float,
+           orphan_grace_hours: float, loglevel: str) -> None:
     """Attribute rewards to serves, keep windowed per-arm statistics and publish weight tables.
 
     Reads the serves and rewards topics in the consumer group `<prefix>-worker`: start more
@@ -47,7 +55,8 @@ def worker(prefix: str, store: str, data_dir: Path | None, publish_interval: flo
         bootstrap=bootstrap, prefix=prefix, partitions=s.sluice_topic_partitions,
         replication_factor=s.sluice_replication_factor, store=f"{store}://",
         data_dir=data_dir or s.sluice_home / f"worker-{prefix}", publish_interval_s=publish_interval,
-        batch_max=batch_max, web_port=web_port,
+        batch_max=batch_max, web_port=web_port, instance_id=instance_id, expire_interval_s=expire_interval,
+        orphan_grace_ms=round(orphan_grace_hours * 3_600_000),
     )
     registry = CollectorRegistry()
     runner = Worker(config, registry=registry)

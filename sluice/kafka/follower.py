@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from sluice.kafka.clients import consumer_config
 from sluice.kafka.exceptions import KafkaAdapterError
+from sluice.kafka.io import watermarks
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class CompactedTopicFollower(Generic[V]):
             partitions = self._partitions(consumer)
             ends: dict[int, int] = {}
             for p in partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                low, high = watermarks(consumer, TopicPartition(self.topic, p))
                 if high > low:
                     ends[p] = high
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])

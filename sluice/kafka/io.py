@@ -128,7 +128,7 @@ def read_to_end(bootstrap: str, topics: list[str], *, timeout_s: float = 30.0) -
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
                 raise KafkaAdapterError(f"topic {topic} does not exist at {bootstrap}")
             for p in metadata.topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                low, high = watermarks(consumer, TopicPartition(topic, p))
                 if high > low:
                     ends[(topic, p)] = high
     finally:
@@ -136,3 +136,21 @@ def read_to_end(bootstrap: str, topics: list[str], *, timeout_s: float = 30.0) -
     if not ends:
         return []
     return read_topics(bootstrap, topics, count=None, timeout_s=timeout_s, stop_at=ends)
+
+
+def watermarks(consumer: Any, tp: Any, attempts: int = 20) -> tuple[int, int]:
+    """Low and high offsets of a partition, retrying the errors of a topic just created
+    (its leader not elected yet) for a few seconds."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+    for attempt in range(attempts):
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return low, high
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in settling) or attempt == attempts - 1:
+                raise KafkaAdapterError(f"offsets of {tp.topic}[{tp.partition}]: {error.str()}") from exc
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
