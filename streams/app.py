@@ -19,9 +19,10 @@ exactly-once mode is not used: it has open reports of duplicates and crashes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +41,8 @@ from sluice.metrics import StreamMetrics
 from streams.processor import REWARDS_TOPIC, SERVES_TOPIC, InputEvent, Processor
 from streams.publisher import mark_published, next_weight_table
 from streams.state import (
-    ENTITY,
-    SERVE,
-    EntityState,
-    ServeRecord,
-    entity_state_key,
     experiment_of,
     partition_of,
-    split_key,
 )
 
 log = logging.getLogger(__name__)
@@ -115,6 +110,20 @@ class RoutedTable(faust.Table):
         return partition_of(key, self.changelog_topic.partitions or self.app.conf.topic_partitions)
 
 
+def _logged(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A timer body whose failure is logged and retried on the next tick: an exception in
+    a Faust timer would otherwise stop the whole worker."""
+
+    @functools.wraps(timer)
+    async def guarded() -> None:
+        try:
+            await timer()
+        except Exception:  # noqa: BLE001 - logged with its traceback; the next tick tries again
+            log.exception("%s failed; retrying on the next tick", timer.__name__)
+
+    return guarded
+
+
 class Worker:
     """Builds the Faust app for `config` and holds what its agent and timers share."""
 
@@ -125,7 +134,7 @@ class Worker:
         self.specs = SpecBook(config.bootstrap, self.names.experiments, self.serde)
         self.metrics = StreamMetrics.create(registry or CollectorRegistry())
         self.dirty: set[bytes] = set()
-        self._rescan = True  # look for unpublished changes after start and every rebalance
+        self._rebuild = True  # fold the owned deltas into memory after start and every rebalance
         self._spec_versions: dict[str, tuple[int, str]] = {}
         self.app = self._build_app()
 
@@ -170,18 +179,19 @@ class Worker:
             async for events in stream.take_events(c.batch_max, within=c.batch_within_s):
                 await self.process_batch(events)
 
-        app.timer(c.publish_interval_s, on_leader=False, name="publish")(self.publish)
-        app.timer(c.expire_interval_s, on_leader=False, name="expire")(self.expire)
+        app.timer(c.publish_interval_s, on_leader=False, name="publish")(_logged(self.publish))
+        app.timer(c.expire_interval_s, on_leader=False, name="expire")(_logged(self.expire))
 
         @app.on_rebalance_complete.connect
-        async def _rescan(sender: Any, **_: Any) -> None:
-            self._rescan = True
+        async def _rebalanced(sender: Any, **_: Any) -> None:
+            self._rebuild = True
 
         return app
 
     # -- the batch ------------------------------------------------------------------------
 
     async def process_batch(self, events: Iterable[Any]) -> None:
+        self._sync()
         batch = [
             InputEvent(self.kind_of[m.topic], m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
             for m in (e.message for e in events)
@@ -207,27 +217,28 @@ class Worker:
     def _ready(self) -> bool:
         return not (self.app.rebalancing or self.app.in_recovery) and bool(self.app.consumer.assignment())
 
+    def _sync(self) -> None:
+        """After a start or a rebalance, once recovery is complete: fold the owned deltas
+        into memory and look for changes not yet published."""
+        if self._rebuild:
+            self._rebuild = False
+            active = self._active_partitions()
+            self.processor.rebuild(lambda routing: partition_of(routing, self.config.partitions) in active)
+            self.dirty = {routing for routing, state in self.processor.states.items() if state.dirty}
+
     def _note_spec_changes(self) -> None:
         """Mark the entities of every experiment whose spec changed since the last tick."""
         current = self.specs.versions()
         changed = {exp for exp, v in current.items() if self._spec_versions.get(exp) != v}
         self._spec_versions = current
         if changed:
-            for key in list(self.table.keys()):
-                routing, kind = split_key(key)
-                if kind == ENTITY and experiment_of(routing) in changed:
-                    self.dirty.add(routing)
+            self.dirty |= {routing for routing in self.processor.states if experiment_of(routing) in changed}
 
     async def publish(self) -> None:
         if not self._ready():
             return
+        self._sync()
         active = self._active_partitions()
-        if self._rescan:
-            self._rescan = False
-            for key in list(self.table.keys()):
-                routing, kind = split_key(key)
-                if kind == ENTITY and EntityState.from_bytes(self.table[key]).dirty:
-                    self.dirty.add(routing)
         self._note_spec_changes()
         publications = []
         now_ms = int(time.time() * 1000)
@@ -236,18 +247,18 @@ class Worker:
                 continue  # another worker owns it now
             self.dirty.discard(routing)
             spec = self.specs.get(experiment_of(routing))
-            raw = self.table.get(entity_state_key(routing))
-            if spec is None or spec.status != "running" or raw is None:
+            state = self.processor.states.get(routing)
+            if spec is None or spec.status != "running" or state is None:
                 continue  # paused, stopped, draft or unknown: nothing is published
-            state = EntityState.from_bytes(raw)
             try:
                 publication = next_weight_table(state, spec, routing, now_ms)
             except ValueError as exc:  # a policy or guardrail that cannot work with these inputs
                 log.error("weights of %r not computed: %s", routing, exc)
                 continue
             mark_published(state, publication)
-            self.table[entity_state_key(routing)] = state.to_bytes()
+            self.processor.save(routing)
             publications.append((routing, state, publication))
+        await self._update_lag()
         if not publications:
             return
         # The new versions reach the changelog before any table is sent: a crash in between
@@ -264,7 +275,6 @@ class Worker:
                 self.metrics.arm_weight.labels(exp, record["entity"], arm).set(weight)
             if state.newest_input_ms:
                 self.metrics.freshness.observe(max(0.0, sent_at - state.newest_input_ms / 1000))
-        await self._update_lag()
 
     async def _update_lag(self) -> None:
         lag = {SERVES_TOPIC: 0, REWARDS_TOPIC: 0}
@@ -273,9 +283,9 @@ class Worker:
             kind = self.kind_of.get(tp.topic)
             if kind is None:
                 continue
-            position = await consumer.position(tp)
-            if position is not None:
-                lag[kind] += max(0, consumer.highwater(tp) - position)
+            position, highwater = await consumer.position(tp), consumer.highwater(tp)
+            if position is not None and highwater is not None:  # None: nothing fetched yet
+                lag[kind] += max(0, highwater - position)
         for kind, n in lag.items():
             self.metrics.consumer_lag.labels(kind).set(n)
 
@@ -284,38 +294,23 @@ class Worker:
     async def expire(self) -> None:
         """Drop serve records whose rewards can no longer count (kept for one more
         attribution window, so that a late reward is still told apart from an unknown
-        serve), and rewards that waited longer than the grace for their serve."""
+        serve) and rewards that waited longer than the grace for their serve, and fold
+        each entity's deltas into one snapshot now and then."""
         if not self._ready():
             return
+        self._sync()
         active = self._active_partitions()
-        states: dict[bytes, EntityState | None] = {}
-        expired = orphans = kept = 0
-        for key in list(self.table.keys()):
-            routing, kind = split_key(key)
-            if kind != SERVE:
+        serves = orphans = kept = 0
+        for routing in list(self.processor.records):
+            spec = self.specs.get(experiment_of(routing))
+            if spec is None or partition_of(routing, self.config.partitions) not in active:
                 continue
-            if partition_of(routing, self.config.partitions) not in active:
-                continue
-            if routing not in states:
-                raw = self.table.get(entity_state_key(routing))
-                states[routing] = None if raw is None else EntityState.from_bytes(raw)
-            state, spec = states[routing], self.specs.get(experiment_of(routing))
-            if state is None or spec is None:
-                continue
-            rec = ServeRecord.from_bytes(self.table[key])
-            if rec.has_serve:
-                old = rec.serve_ms + 2 * spec.reward.attribution_window_ms < state.max_event_ms
-            else:
-                old = max(t for _, t, _ in rec.pending) + self.config.orphan_grace_ms < state.max_event_ms
-            if old:
-                orphans += 0 if rec.has_serve else len(rec.pending)
-                del self.table[key]
-                expired += 1
-            else:
-                kept += 1
-        if expired:
-            self.metrics.expired.labels("serves").inc(expired)
+            dropped, waited = self.processor.compact(routing, 2 * spec.reward.attribution_window_ms)
+            serves, orphans = serves + dropped, orphans + waited
+            kept += len(self.processor.records[routing])
+        if serves:
+            self.metrics.expired.labels("serves").inc(serves)
         if orphans:
             self.metrics.attribution.labels("unknown_serve").inc(orphans)
         self.metrics.state_keys.labels("serves").set(kept)
-        self.metrics.state_keys.labels("entities").set(len(states))
+        self.metrics.state_keys.labels("entities").set(len(self.processor.records))

@@ -3,8 +3,9 @@
 This is the worker's hot path, written without Faust so that it can be read and tested on
 its own: `Processor.process(events)` takes the raw messages of a batch (both topics mixed),
 decodes and validates each, sends the bad ones back as dead letters with a reason, and
-applies the good ones to the state in `store` (any mutable mapping of bytes to bytes; the
-worker passes its Faust table). Each state key is written at most once per batch.
+applies the good ones to the state of their (experiment, entity), which it persists in
+`store` (any mutable mapping of bytes to bytes; the worker passes its Faust table) as ONE
+write per (experiment, entity) per batch.
 
 Rules (see README, "Attribution"):
 
@@ -21,11 +22,12 @@ Rules (see README, "Attribution"):
 * Hours that end before the window (max event time of the key − window) are dropped;
   events in them are counted `too_late` and change nothing.
 
-Idempotence: an entity's state stores the last serve and reward offsets its statistics
-include, and a serve record the offsets it includes. A replayed event (after a crash,
-between a state write and the offset commit) is skipped wherever it was already applied.
-All entity states of a batch are written before its serve records, and both go to one
-changelog partition in order, so a record never includes an event the statistics lack.
+Idempotence: each write is a delta (see `streams.state`) holding the entity's whole state
+— statistics and the last serve and reward offsets they include — and the serve records
+the batch changed, so a batch's effect on an entity lands entirely or not at all. After a
+crash, `rebuild` folds the deltas back into memory and a replayed event at or below the
+offsets is skipped; `compact` expires old records and replaces an entity's deltas by one
+snapshot.
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ from streams.state import (
     SERVES,
     SUM,
     SUM_SQ,
+    DELTA,
+    Delta,
     EntityState,
     ServeRecord,
-    entity_state_key,
-    serve_record_key,
+    delta_key,
+    delta_seq,
+    split_key,
 )
 
 SERVES_TOPIC, REWARDS_TOPIC = "serves", "rewards"
@@ -123,6 +128,69 @@ class Processor:
         self._now_ms = now_ms
         self.max_future_ms = max_future_ms
         self.orphan_grace_ms = orphan_grace_ms
+        self.states: dict[bytes, EntityState] = {}  # routing → state of its (experiment, entity)
+        self.records: dict[bytes, dict[str, ServeRecord]] = {}  # routing → serve id → record
+        self.deltas: dict[bytes, list[int]] = {}  # routing → sequence numbers of its deltas in the store
+        self.rebuild()
+
+    # -- state: memory and deltas ---------------------------------------------------------
+
+    def rebuild(self, owned: Callable[[bytes], bool] = lambda routing: True) -> None:
+        """Fold the deltas in the store into memory, for the routing keys `owned` says this
+        worker owns (after a start or a rebalance)."""
+        found: dict[bytes, list[tuple[int, bytes]]] = {}
+        for key in list(self._store.keys()):
+            routing, kind = split_key(key)
+            if kind == DELTA and owned(routing):
+                found.setdefault(routing, []).append((delta_seq(key), key))
+        self.states, self.records, self.deltas = {}, {}, {}
+        for routing, keys in found.items():
+            keys.sort()
+            records: dict[str, ServeRecord] = {}
+            for _, key in keys:
+                delta = Delta.from_bytes(self._store[key])
+                if delta.snapshot:
+                    records = {}
+                records.update(delta.records)
+                self.states[routing] = delta.state
+            self.records[routing] = records
+            self.deltas[routing] = [seq for seq, _ in keys]
+
+    def save(self, routing: bytes, changed: dict[str, ServeRecord] | None = None, *, snapshot: bool = False) -> None:
+        """Persist the state of `routing` with the records that changed (all of them, as a
+        snapshot that replaces the earlier deltas, when `snapshot`)."""
+        state = self.states[routing]
+        state.delta_seq += 1
+        records = self.records[routing] if snapshot else (changed or {})
+        self._store[delta_key(routing, state.delta_seq)] = Delta(state, records, snapshot).to_bytes()
+        if snapshot:
+            for seq in self.deltas.get(routing, []):
+                del self._store[delta_key(routing, seq)]
+            self.deltas[routing] = []
+        self.deltas.setdefault(routing, []).append(state.delta_seq)
+
+    def compact(self, routing: bytes, keep_serves_ms: int, min_deltas: int = 32) -> tuple[int, int]:
+        """Drop the records of `routing` that can no longer matter — serves older than
+        `keep_serves_ms` before the key's newest event time, rewards that waited longer than
+        the orphan grace for their serve — and, when any went or the entity has
+        `min_deltas` deltas, write one snapshot and delete the older deltas. Returns
+        (serve records dropped, waiting rewards dropped)."""
+        records, state = self.records.get(routing), self.states.get(routing)
+        if records is None or state is None:
+            return 0, 0
+        serves = orphans = 0
+        for serve_id, rec in list(records.items()):
+            if rec.has_serve:
+                old = rec.serve_ms + keep_serves_ms < state.max_event_ms
+                serves += old
+            else:
+                old = max(t for _, t, _ in rec.pending) + self.orphan_grace_ms < state.max_event_ms
+                orphans += len(rec.pending) if old else 0
+            if old:
+                del records[serve_id]
+        if serves or orphans or len(self.deltas.get(routing, [])) >= min_deltas:
+            self.save(routing, snapshot=True)
+        return serves, orphans
 
     # -- decoding and validation -------------------------------------------------------
 
@@ -180,62 +248,46 @@ class Processor:
                 continue
             by_key.setdefault(event.key, []).append((event, record, spec))  # type: ignore[arg-type]
 
-        states: dict[bytes, EntityState] = {}
-        records: dict[bytes, ServeRecord] = {}
+        deltas: dict[bytes, dict[str, ServeRecord]] = {}
         for routing, items in by_key.items():
-            state = self._load_state(routing, items[0][2])
-            before = state.changes
+            state = self.states.get(routing)
+            if state is None:
+                state = self.states[routing] = EntityState(arms=list(items[0][2].arm_names))
+            records = self.records.setdefault(routing, {})
+            changed: dict[str, ServeRecord] = {}
+            before = (state.changes, state.serve_offset, state.reward_offset)
             # Serves first: a reward in the same batch then finds its serve.
             items.sort(key=lambda it: (it[0].kind != SERVES_TOPIC, it[0].offset))
             for event, record, spec in items:
                 if event.kind == SERVES_TOPIC:
-                    self._serve(routing, state, records, event, record, spec, result)
+                    self._serve(state, records, changed, event, record, spec, result)
                 else:
-                    self._reward(routing, state, records, event, record, spec, result)
+                    self._reward(state, records, changed, event, record, spec, result)
                 state.newest_input_ms = max(state.newest_input_ms, event.timestamp_ms)
             self._expire_hours(state, items[0][2])
-            if state.changes != before:
+            if state.changes != before[0]:
                 result.changed.add(routing)
-            states[routing] = state
-
-        for routing, state in states.items():  # entity states first (see module docstring)
-            self._store[entity_state_key(routing)] = state.to_bytes()
-        for key, rec in records.items():
-            self._store[key] = rec.to_bytes()
+            if (state.changes, state.serve_offset, state.reward_offset) != before:
+                deltas[routing] = changed  # replayed events alone change nothing: no write
+        for routing, changed in deltas.items():
+            self.save(routing, changed)
         return result
 
-    def _load_state(self, routing: bytes, spec: ExperimentSpec) -> EntityState:
-        raw = self._store.get(entity_state_key(routing))
-        return EntityState(arms=list(spec.arm_names)) if raw is None else EntityState.from_bytes(raw)
-
-    def _record(self, records: dict[bytes, ServeRecord], key: bytes) -> ServeRecord | None:
+    def _serve(self, state: EntityState, records: dict[str, ServeRecord], changed: dict[str, ServeRecord],
+               event: InputEvent, record: dict[str, Any], spec: ExperimentSpec, result: BatchResult) -> None:
+        if event.offset <= state.serve_offset:
+            return  # replayed after a crash: the state has it
+        state.serve_offset = event.offset
+        key = record["serve_id"]
         rec = records.get(key)
-        if rec is None:
-            raw = self._store.get(key)
-            if raw is not None:
-                rec = records[key] = ServeRecord.from_bytes(raw)
-        return rec
-
-    def _serve(self, routing: bytes, state: EntityState, records: dict[bytes, ServeRecord], event: InputEvent,
-               record: dict[str, Any], spec: ExperimentSpec, result: BatchResult) -> None:
-        key = serve_record_key(routing, record["serve_id"])
-        rec = self._record(records, key)
-        counted = event.offset <= state.serve_offset  # the statistics include this event already
-        state.serve_offset = max(state.serve_offset, event.offset)
         if rec is not None and rec.has_serve:
-            if rec.serve_offset != event.offset:
-                result.outcomes["duplicate_serve"] += 1
+            result.outcomes["duplicate_serve"] += 1
             return
-        rec = records[key] = rec or ServeRecord()
+        rec = records[key] = changed[key] = rec or ServeRecord()
         rec.serve_ms, rec.arm, rec.serve_offset = record["timestamp"], state.arm_index(record["arm"]), event.offset
         rec.flags = IN_EXPERIMENT if record["in_experiment"] else 0
         state.max_event_ms = max(state.max_event_ms, rec.serve_ms)
         pending, rec.pending = rec.pending, []
-        if counted:
-            # Statistics hold this serve and its waiting rewards; bring the record level.
-            for value, reward_ms, _ in pending:
-                self._attribute(state, rec, spec, value, reward_ms, apply=False)
-            return
         result.applied[SERVES_TOPIC] += 1
         if not self._in_window(state, spec, rec.serve_ms):
             result.outcomes["too_late"] += 1
@@ -247,39 +299,35 @@ class Processor:
             row[base + COUNT] += 1
         state.changes += 1
         for value, reward_ms, _ in pending:
-            result.outcomes[self._attribute(state, rec, spec, value, reward_ms, apply=True)] += 1
+            result.outcomes[self._attribute(state, rec, spec, value, reward_ms)] += 1
 
-    def _reward(self, routing: bytes, state: EntityState, records: dict[bytes, ServeRecord], event: InputEvent,
-                record: dict[str, Any], spec: ExperimentSpec, result: BatchResult) -> None:
+    def _reward(self, state: EntityState, records: dict[str, ServeRecord], changed: dict[str, ServeRecord],
+                event: InputEvent, record: dict[str, Any], spec: ExperimentSpec, result: BatchResult) -> None:
         if record["name"] != spec.reward.name:
             result.outcomes["other_reward"] += 1
             return
-        key = serve_record_key(routing, record["serve_id"])
-        rec = self._record(records, key)
-        counted = event.offset <= state.reward_offset
-        state.reward_offset = max(state.reward_offset, event.offset)
+        if event.offset <= state.reward_offset:
+            return  # replayed after a crash: the state has it
+        state.reward_offset = event.offset
         state.max_event_ms = max(state.max_event_ms, record["timestamp"])
-        if rec is not None and event.offset <= rec.reward_offset:
-            return  # replayed: the record has it, and so do the statistics
-        if not counted:
-            result.applied[REWARDS_TOPIC] += 1
+        result.applied[REWARDS_TOPIC] += 1
+        key = record["serve_id"]
+        rec = records.get(key)
         if rec is None or not rec.has_serve:
             # The serve has not been seen (yet): keep the reward with the serve id.
-            rec = records[key] = rec or ServeRecord()
+            rec = records[key] = changed[key] = rec or ServeRecord()
             rec.pending.append((record["value"], record["timestamp"], event.offset))
             rec.reward_offset = event.offset
-            if not counted:
-                result.outcomes["waiting_for_serve"] += 1
+            result.outcomes["waiting_for_serve"] += 1
             return
         rec.reward_offset = event.offset
-        outcome = self._attribute(state, rec, spec, record["value"], record["timestamp"], apply=not counted)
-        if not counted:
-            result.outcomes[outcome] += 1
+        changed[key] = rec
+        result.outcomes[self._attribute(state, rec, spec, record["value"], record["timestamp"])] += 1
 
     def _attribute(self, state: EntityState, rec: ServeRecord, spec: ExperimentSpec, value: float,
-                   reward_ms: int, *, apply: bool) -> str:
-        """Attribute a reward to a known serve: update the record, and the statistics when
-        `apply`. Returns the outcome."""
+                   reward_ms: int) -> str:
+        """Attribute a reward to a known serve: update the record and the statistics.
+        Returns the outcome."""
         if reward_ms - rec.serve_ms > spec.reward.attribution_window_ms:
             return "after_window"
         if not rec.in_experiment:
@@ -295,7 +343,7 @@ class Processor:
         else:
             rec.total = old + value
             rec.flags |= REWARDED
-        if apply and self._in_window(state, spec, rec.serve_ms):
+        if self._in_window(state, spec, rec.serve_ms):
             row = state.row(rec.serve_ms // HOUR_MS)
             base = rec.arm * FIELDS
             row[base + SUM] += rec.total - old

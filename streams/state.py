@@ -1,22 +1,23 @@
-"""The stream worker's state: what one table holds per (experiment, entity) and per serve.
+"""The stream worker's state, and how it is kept in one Faust table.
 
-Everything lives in ONE Faust table (one changelog topic) so that, within a changelog
-partition, writes land in the order they were made. Keys start with the routing key of
-their (experiment, entity) — the Kafka key of its serves and rewards, `exp \\x1f entity` —
-then a record separator and a kind:
+Per (experiment, entity) the worker holds an `EntityState` (hourly per-arm statistics, the
+input offsets they include, the publication bookkeeping) and its serve records (a serve's
+arm and time and attributed reward, or rewards waiting for a serve not yet seen). Both
+live in memory; the table holds them as *deltas*, keyed by the routing key of the
+(experiment, entity) — the Kafka key of its serves and rewards, `exp \\x1f entity` — a
+record separator, the kind `D` and a sequence number:
 
-    routing + b"\\x1eE"               → EntityState: hourly per-arm statistics, input offsets
-    routing + b"\\x1es" + serve_id    → ServeRecord: a serve's arm and time, its attributed
-                                        reward, or rewards waiting for a serve not yet seen
+    routing + b"\\x1eD" + seq (8 bytes, big-endian) → Delta(state, changed records, snapshot?)
+
+One delta per (experiment, entity) per batch, not one changelog message per serve: Faust's
+cost per produced message is what limits throughput. A delta carries the whole state, so
+a batch's effect on an entity lands entirely or not at all; folding the deltas in
+sequence order gives state and records back after a restart or a rebalance. A snapshot
+delta carries every live record and replaces the older deltas, which are then deleted.
 
 `partition_of` places every key in the partition of its routing key, which is the
-partition its events came from, so a worker that owns an input partition owns the state
-of it, and recovery after a restart or a rebalance brings it to the same place.
-
-Idempotence under at-least-once delivery (see `streams.processor`): an EntityState records
-the last serve and reward offsets whose statistics it includes; a ServeRecord records the
-offsets it includes. Per batch the processor writes all EntityStates first, then the
-ServeRecords, so a record can include an event only if the statistics do.
+partition its events came from, so a worker that owns an input partition owns its state,
+and recovery brings the state to the same place.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from aiokafka.partitioner import murmur2
 from sluice.kafka.clients import KEY_SEPARATOR
 
 KIND_SEPARATOR = b"\x1e"
-ENTITY = b"E"
-SERVE = b"s"
+DELTA = b"D"
 _KEY_SEP = KEY_SEPARATOR.encode()
 
 # Per arm and hour: serves, observations (in-experiment serves), sum, sum of squares.
@@ -39,12 +39,12 @@ SERVES, COUNT, SUM, SUM_SQ = range(4)
 FIELDS = 4
 
 
-def entity_state_key(routing: bytes) -> bytes:
-    return routing + KIND_SEPARATOR + ENTITY
+def delta_key(routing: bytes, seq: int) -> bytes:
+    return routing + KIND_SEPARATOR + DELTA + seq.to_bytes(8, "big")
 
 
-def serve_record_key(routing: bytes, serve_id: str) -> bytes:
-    return routing + KIND_SEPARATOR + SERVE + serve_id.encode()
+def delta_seq(key: bytes) -> int:
+    return int.from_bytes(key[-8:], "big")
 
 
 def split_key(key: bytes) -> tuple[bytes, bytes]:
@@ -85,6 +85,7 @@ class EntityState:
     newest_input_ms: int = 0  # Kafka timestamp of the newest input applied (freshness)
     changes: int = 0  # batches that changed the statistics
     published_changes: int = 0  # `changes` as of the latest publication
+    delta_seq: int = 0  # sequence number of the newest delta of serve records
     version: int = 0  # latest published weight-table version
     allocation: list[list[list[int]]] | None = None  # its bucket ranges, per arm of `arms`
     num_buckets: int = 0
@@ -113,7 +114,8 @@ class EntityState:
             "arms": self.arms, "hours": {str(h): r for h, r in self.hours.items()},
             "max_event_ms": self.max_event_ms, "serve_offset": self.serve_offset,
             "reward_offset": self.reward_offset, "newest_input_ms": self.newest_input_ms,
-            "changes": self.changes, "published_changes": self.published_changes, "version": self.version,
+            "changes": self.changes, "published_changes": self.published_changes, "delta_seq": self.delta_seq,
+            "version": self.version,
             "allocation": self.allocation, "num_buckets": self.num_buckets,
         })
 
@@ -163,3 +165,40 @@ class ServeRecord:
         serve_ms, arm, flags, total, serve_offset, reward_offset = _RECORD.unpack_from(data)
         pending = [_PENDING.unpack_from(data, off) for off in range(_RECORD.size, len(data), _PENDING.size)]
         return cls(serve_ms, arm, flags, total, serve_offset, reward_offset, pending)
+
+
+_LENGTHS = struct.Struct("<HH")
+_HEAD = struct.Struct("<BI")
+
+
+@dataclass
+class Delta:
+    """One write of an (experiment, entity): its whole state and the serve records that
+    changed (all of them when `snapshot`: then earlier deltas no longer count)."""
+
+    state: EntityState
+    records: dict[str, ServeRecord]
+    snapshot: bool = False
+
+    def to_bytes(self) -> bytes:
+        state = self.state.to_bytes()
+        parts = [_HEAD.pack(int(self.snapshot), len(state)), state]
+        for serve_id, rec in self.records.items():
+            sid, body = serve_id.encode(), rec.to_bytes()
+            parts.append(_LENGTHS.pack(len(sid), len(body)) + sid + body)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Delta:
+        snapshot, n_state = _HEAD.unpack_from(data)
+        pos = _HEAD.size + n_state
+        state = EntityState.from_bytes(data[_HEAD.size:pos])
+        records = {}
+        while pos < len(data):
+            n_sid, n_body = _LENGTHS.unpack_from(data, pos)
+            pos += _LENGTHS.size
+            sid = data[pos:pos + n_sid].decode()
+            pos += n_sid
+            records[sid] = ServeRecord.from_bytes(data[pos:pos + n_body])
+            pos += n_body
+        return cls(state, records, bool(snapshot))

@@ -14,7 +14,7 @@ from sluice.core.spec import ExperimentSpec
 from sluice.kafka.clients import entity_key
 from streams.processor import InputEvent, Processor
 from streams.publisher import next_weight_table, window_totals
-from streams.state import EntityState, ServeRecord, entity_state_key, partition_of
+from streams.state import delta_key, partition_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stream_support import DAY_MS, HOUR_MS, Traffic, bandit_spec, expected_statistics  # noqa: E402
@@ -45,13 +45,11 @@ def to_inputs(traffic: Traffic, serde, start_offsets: dict[str, int] | None = No
 
 
 def statistics(store: dict, specs: dict[str, ExperimentSpec]) -> dict:
-    """The windowed statistics in the store, in the shape of `expected_statistics`."""
+    """The windowed statistics persisted in the store (as a restarted worker would find
+    them), in the shape of `expected_statistics`."""
     out = {}
-    for key, raw in store.items():
-        if not key.endswith(b"\x1eE"):
-            continue
-        state = EntityState.from_bytes(raw)
-        exp, entity = key[:-2].decode().split("\x1f")
+    for routing, state in Processor(None, specs.get, store, now_ms=lambda: NOW).states.items():
+        exp, entity = routing.decode().split("\x1f")
         totals = window_totals(state, specs[exp].window_ms)
         out[(exp, entity)] = {a: (int(t[0]), int(t[1]), float(t[2]), float(t[3]))
                               for a, t in zip(state.arms, totals) if t[0]}
@@ -141,7 +139,7 @@ def test_the_window_slides_in_event_time(serde, spec) -> None:
     result = processor.process(to_inputs(new, serde, {"serves": 2, "rewards": 0}))
     assert result.outcomes == {"too_late": 1}
     assert statistics(store, {"e1": spec}) == {("e1", "x"): {"b": (1, 1, 0.0, 0.0), "c": (1, 1, 0.0, 0.0)}}
-    state = EntityState.from_bytes(store[entity_state_key(b"e1\x1fx")])
+    state = processor.states[b"e1\x1fx"]
     assert min(state.hours) >= (NOW - 7 * DAY_MS) // HOUR_MS  # expired hours are gone
 
 
@@ -202,17 +200,25 @@ def test_a_replayed_batch_changes_nothing(serde, spec) -> None:
     events = to_inputs(traffic, serde)
     processor, store = make(serde, {"e1": spec})
     processor.process(events)
-    before = dict(store)
+    before, records = dict(store), snapshot(processor)
+    store.writes.clear()
     again = processor.process(events)
     assert sum(again.applied.values()) == 0
     assert statistics(store, {"e1": spec}) == statistics(before, {"e1": spec})
-    assert {k: v for k, v in store.items() if b"\x1es" in k} == {k: v for k, v in before.items() if b"\x1es" in k}
+    assert snapshot(processor) == records
+    assert store.writes == []  # nothing new: nothing written
 
 
-def test_a_crash_after_any_write_then_a_replay_gives_the_clean_result(serde, spec) -> None:
+def snapshot(processor: Processor) -> dict:
+    return {(r, sid): rec.to_bytes() for r, recs in processor.records.items() for sid, rec in recs.items()}
+
+
+@pytest.mark.parametrize("reward_type", ["binary", "continuous"])
+def test_a_crash_after_any_write_then_a_replay_gives_the_clean_result(serde, reward_type) -> None:
     """The worker may die after any prefix of a batch's changelog writes has landed; the
     batch is then read again (its offsets were not committed). Whatever the prefix, and
     whatever the new batch boundaries, the result equals a run without the crash."""
+    spec = bandit_spec("e1", ["a", "b", "c"], reward_type=reward_type)
     traffic = Traffic()
     rng = np.random.default_rng(11)
     traffic.bandit("e1", ["x", "y"], {"a": 0.3, "b": 0.5, "c": 0.7}, 30, NOW - HOUR_MS, rng)
@@ -233,9 +239,10 @@ def test_a_crash_after_any_write_then_a_replay_gives_the_clean_result(serde, spe
     first.process(events[:split])
     base_snapshot = dict(base)
     probe, probe_store = make(serde, specs, RecordingStore(base_snapshot))
-    probe.process(events[split:])
+    for i in range(split, len(events), 5):  # several batches, none of them committed
+        probe.process(events[i:i + 5])
     writes = probe_store.writes
-    assert len(writes) > 20
+    assert len(writes) > 15
     for landed in range(len(writes) + 1):
         store = RecordingStore(base_snapshot)
         for key, value in writes[:landed]:
@@ -245,8 +252,11 @@ def test_a_crash_after_any_write_then_a_replay_gives_the_clean_result(serde, spe
         replay.process(events[split:mid])
         replay.process(events[mid:])
         assert statistics(store, specs) == want, f"crash after {landed} of {len(writes)} writes"
-        records = {k: ServeRecord.from_bytes(v) for k, v in store.items() if b"\x1es" in k}
-        assert all(r.has_serve and not r.pending for r in records.values())
+        assert all(r.has_serve and not r.pending for recs in replay.records.values() for r in recs.values())
+        assert {k: v.total for k, v in replay.records[b"e1\x1fx"].items()} == \
+            {k: v.total for k, v in clean.records[b"e1\x1fx"].items()}
+        restarted, _ = make(serde, specs, RecordingStore(store))  # records come back from the deltas
+        assert snapshot(restarted) == snapshot(replay)
 
 
 def test_table_keys_route_to_the_partition_of_their_events() -> None:
@@ -254,8 +264,31 @@ def test_table_keys_route_to_the_partition_of_their_events() -> None:
 
     routing = b"exp-1\x1fsite-9"
     expected = (murmur2(routing) & 0x7FFFFFFF) % 6
-    assert partition_of(entity_state_key(routing), 6) == expected
-    assert partition_of(routing + b"\x1es" + b"serve-123", 6) == expected
+    assert partition_of(delta_key(routing, 12345), 6) == expected
+
+
+def test_compaction_expires_old_records_and_folds_the_deltas(serde, spec) -> None:
+    traffic = Traffic()
+    old = traffic.serve("e1", "x", "a", NOW - 3 * DAY_MS)
+    traffic.reward("e1", "x", "never-served", 1.0, NOW - 3 * DAY_MS)
+    events = to_inputs(traffic, serde)
+    recent = Traffic()
+    for i in range(40):
+        recent.serve("e1", "x", "b", NOW - HOUR_MS + i)
+    later = to_inputs(recent, serde, {"serves": 1, "rewards": 1})
+    processor, store = make(serde, {"e1": spec})
+    processor.process(events)
+    for event in later:  # 40 batches: 41 deltas
+        processor.process([event])
+    routing = b"e1\x1fx"
+    assert len(processor.deltas[routing]) == 41
+    dropped = processor.compact(routing, keep_serves_ms=2 * DAY_MS)
+    assert dropped == (1, 1)  # the 3-day-old serve, and the reward that never found its serve
+    assert old not in processor.records[routing] and len(processor.records[routing]) == 40
+    assert len(processor.deltas[routing]) == 1 and sum(b"\x1eD" in k for k in store) == 1
+    restarted, _ = make(serde, {"e1": spec}, RecordingStore(store))
+    assert snapshot(restarted) == snapshot(processor)
+    assert processor.compact(routing, keep_serves_ms=2 * DAY_MS) == (0, 0)
 
 
 def test_weights_move_toward_the_best_arm_and_report_their_statistics(serde, spec) -> None:
@@ -263,7 +296,7 @@ def test_weights_move_toward_the_best_arm_and_report_their_statistics(serde, spe
     traffic.bandit("e1", ["x"], {"a": 0.05, "b": 0.1, "c": 0.3}, 900, NOW - DAY_MS, np.random.default_rng(2))
     processor, store = make(serde, {"e1": spec})
     processor.process(to_inputs(traffic, serde))
-    state = EntityState.from_bytes(store[entity_state_key(b"e1\x1fx")])
+    state = processor.states[b"e1\x1fx"]
     publication = next_weight_table(state, spec, b"e1\x1fx", NOW)
     assert max(publication.weights, key=publication.weights.get) == "c"
     assert publication.record["version"] == 1 and publication.record["entity"] == "x"
@@ -277,7 +310,7 @@ def test_a_removed_arm_loses_its_buckets(serde, spec) -> None:
     traffic.bandit("e1", ["x"], {"a": 0.1, "b": 0.1, "c": 0.1}, 90, NOW - DAY_MS, np.random.default_rng(4))
     processor, store = make(serde, {"e1": spec})
     processor.process(to_inputs(traffic, serde))
-    state = EntityState.from_bytes(store[entity_state_key(b"e1\x1fx")])
+    state = processor.states[b"e1\x1fx"]
     fewer = bandit_spec("e1", ["a", "c", "d"])  # b removed, d added
     publication = next_weight_table(state, fewer, b"e1\x1fx", NOW)
     assert publication.weights["b"] == 0 and publication.weights["d"] > 0
