@@ -128,6 +128,7 @@ class Processor:
         self._now_ms = now_ms
         self.max_future_ms = max_future_ms
         self.orphan_grace_ms = orphan_grace_ms
+        self._arm_sets: dict[tuple[str, int], frozenset[str]] = {}
         self.states: dict[bytes, EntityState] = {}  # routing → state of its (experiment, entity)
         self.records: dict[bytes, dict[str, ServeRecord]] = {}  # routing → serve id → record
         self.deltas: dict[bytes, list[int]] = {}  # routing → sequence numbers of its deltas in the store
@@ -220,7 +221,7 @@ class Processor:
             raise _Rejected("future_timestamp", f"timestamp {record['timestamp']} is more than "
                             f"{self.max_future_ms} ms ahead of the clock ({now_ms})")
         if event.kind == SERVES_TOPIC:
-            if record["arm"] not in spec.arm_names:
+            if record["arm"] not in self._arm_set(spec):
                 raise _Rejected("unknown_arm", f"arm {record['arm']!r} is not in experiment {exp_id!r} "
                                 f"(arms {list(spec.arm_names)})")
             p = record["propensity"]
@@ -233,6 +234,14 @@ class Processor:
             if spec.reward.type == "binary" and record["name"] == spec.reward.name and v not in (0.0, 1.0):
                 raise _Rejected("invalid_value", f"binary reward {record['name']!r} has value {v!r}; expected 0 or 1")
         return record, spec
+
+    def _arm_set(self, spec: ExperimentSpec) -> frozenset[str]:
+        """The arm names of `spec`, computed once per spec version (a hot-path lookup)."""
+        key = (spec.id, spec.spec_version)
+        arms = self._arm_sets.get(key)
+        if arms is None:
+            arms = self._arm_sets[key] = frozenset(spec.arm_names)
+        return arms
 
     # -- the batch ------------------------------------------------------------------------
 

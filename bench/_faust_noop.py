@@ -1,0 +1,44 @@
+"""A Faust agent that does nothing with its events: the ceiling our worker is held against.
+
+Run as `python -m bench._faust_noop BOOTSTRAP TOPICS EXPECT BATCH [SETTINGS_JSON]`. It reads the
+comma-separated TOPICS from the beginning with `take_events` (as the worker does) and, once
+EXPECT events have arrived, prints one JSON line — count, first and last arrival time — and
+exits. SETTINGS_JSON holds extra Faust settings to try.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+
+import faust
+
+
+def main() -> None:
+    bootstrap, topics, expect, batch = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
+    extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    app = faust.App(f"bench-noop-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
+                    consumer_auto_offset_reset="earliest", web_enabled=False, **extra)
+    source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
+    seen = {"count": 0, "first": 0.0}
+
+    @app.agent(source)
+    async def noop(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(batch, within=0.2):
+            if not seen["count"]:
+                seen["first"] = time.time()
+                seen["first_batch"] = len(events)
+            seen["count"] += len(events)
+            if seen["count"] >= expect:
+                print(json.dumps({**seen, "last": time.time()}), flush=True)
+                os._exit(0)
+
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()
