@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from sluice.cli.db import db
-from sluice.cli.demo import demo
+from sluice.cli.demo import demo, simulate
 from sluice.cli.experiments import experiments
 from sluice.cli.sink import sink
 from sluice.cli.stack import down, up
@@ -27,6 +27,7 @@ main.add_command(topics)
 main.add_command(up)
 main.add_command(down)
 main.add_command(demo)
+main.add_command(simulate)
 main.add_command(sink)
 main.add_command(experiments)
 main.add_command(worker)

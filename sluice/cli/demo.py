@@ -1,8 +1,8 @@
-"""`sluice demo` (what `make demo` runs)."""
+"""`sluice demo` (what `make demo` runs) and `sluice simulate`."""
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import click
 
@@ -10,11 +10,30 @@ from sluice.cli._common import settings, sigterm_unwinds, sluice_errors
 
 
 @click.command()
+@click.option("--wall-seconds", type=click.FloatRange(min=5), default=150.0, show_default=True,
+              help="How long the simulated two weeks take on the wall clock.")
+@click.option("--days", type=click.FloatRange(min=0.1), default=None, help="Simulate this many days instead.")
 @sluice_errors
-def demo() -> None:
-    """Start the stack, send a few serve and reward events through Kafka and ClickHouse,
-    print them, and stop what was started."""
-    from services import demo_foundation
+def demo(wall_seconds: float, days: float | None) -> None:
+    """Run the whole platform on simulated traffic: broker, worker, sink, a Thompson bandit
+    and an A/B test, live weights, a summary and an HTML report. Stops what it started."""
+    from services import demo as demo_run
 
     sigterm_unwinds()
-    demo_foundation.run(settings(), now_ms=int(time.time() * 1000), echo=click.echo)
+    demo_run.run(settings(), demo_run.default_options(wall_seconds, days))
+
+
+@click.command()
+@click.option("--spec", "specs", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              required=True, help="Experiment spec (YAML); repeat for several.")
+@click.option("--rates", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Scenario: true rates per experiment, entity and arm (see examples/demo/scenario.yaml).")
+@click.option("--wall-seconds", type=click.FloatRange(min=1), default=150.0, show_default=True)
+@click.option("--days", type=click.FloatRange(min=0.1), default=None)
+@sluice_errors
+def simulate(specs: tuple[Path, ...], rates: Path, wall_seconds: float, days: float | None) -> None:
+    """Your own scenario through the whole platform: the demo with your specs and rates."""
+    from services import demo as demo_run
+
+    sigterm_unwinds()
+    demo_run.run(settings(), demo_run.DemoOptions(list(specs), rates, wall_seconds, days))

@@ -1,0 +1,308 @@
+"""The platform demo behind `make demo`: two weeks of simulated traffic through the whole
+stack in a few minutes.
+
+Starts (or reuses) the local broker, creates a fresh set of topics for this run, applies
+the demo experiments (a Thompson-sampling bandit over four ranking models for three
+advertisers, and a static A/B test beside it), starts a stream worker and the ClickHouse
+sink as child processes, and runs the traffic simulator against the live weights, showing
+progress and the weights per entity. The best model of one advertiser changes half-way,
+and a few malformed events go in. At the end it prints a summary — chosen model per
+entity against the truth, regret against an equal split, events produced against rows in
+ClickHouse, dead letters by reason — writes the HTML report, and stops every process it
+started, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sluice.avro import SchemaSet, SingleObjectSerde
+from sluice.config import Settings, project_root
+from sluice.experiments import ExperimentRegistry
+from sluice.kafka import TopicNames, ensure_topics, topic_specs
+from sluice.kafka.dlq import read_headers
+from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.local.kafka import free_loopback_ports
+from sluice.local.stack import start_kafka, stop_kafka
+from services.assignments import InProcessAssignments
+from services.simulator import DAY_MS, Scenario, Simulator, Tally, describe, load_specs
+
+DEMO_DIR = project_root() / "examples" / "demo"
+
+
+@dataclass
+class DemoOptions:
+    specs: list[Path]
+    scenario: Path
+    wall_seconds: float = 150.0  # the simulated span takes this long
+    days: float | None = None  # override the scenario's simulated days (the test runs a short one)
+
+
+class Child:
+    """A `sluice` subcommand as a child process, logging to a file, stopped by pid."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sluice.cli", *args], env={**os.environ, **env},
+                                     cwd=project_root(), stdout=self._log, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout_s: float) -> bool:
+        try:
+            self.proc.wait(timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            if not self.wait(30):
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def _metric(port: int, name: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def _weights_table(tables: dict[bytes, dict[str, Any]], specs: dict[str, Any]) -> Table:
+    table = Table(title="live weights (latest table per experiment and entity)", expand=False)
+    table.add_column("experiment / entity")
+    table.add_column("version", justify="right")
+    table.add_column("weights")
+    for key in sorted(tables):
+        t = tables[key]
+        weights = "  ".join(f"{a['arm']} {a['weight']:.2f}" for a in t["arms"] if a["arm"] in specs[t["experiment_id"]].arm_names)
+        table.add_row(f"{t['experiment_id']} / {t['entity']}", str(t["version"]), weights)
+    return table
+
+
+def run(settings: Settings, options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
+    """Run the demo; returns the summary (also printed). Stops what it started."""
+    console = console or Console()
+    serde = SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+    specs = load_specs(options.specs)
+    scenario = Scenario.load(options.scenario, specs)
+    if options.days is not None:
+        scenario = Scenario(**{**scenario.__dict__, "days": options.days})
+    home = settings.sluice_home / "demo"
+    shutil.rmtree(home, ignore_errors=True)  # each run starts from empty tables
+    home.mkdir(parents=True)
+    names = TopicNames(f"demo-{uuid.uuid4().hex[:8]}")
+    children: list[Child] = []
+    status = start_kafka(settings)
+    try:
+        bootstrap = status.bootstrap
+        where = f"started in {status.ready_after_s:.1f} s" if status.started_broker else "already running"
+        console.print(f"Kafka at {bootstrap} ({where}); topics {names.prefix}.*; ClickHouse (embedded) in {home}")
+        ensure_topics(bootstrap, topic_specs(names, partitions=settings.sluice_topic_partitions),
+                      replication_factor=settings.sluice_replication_factor)
+        with ExperimentRegistry(bootstrap, names.prefix, serde) as registry:
+            for spec in specs.values():
+                registry.apply(spec)
+        (metrics_port,) = free_loopback_ports(1)
+        env = {"KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(home)}
+        worker = Child("worker", ["worker", "--prefix", names.prefix, "--publish-interval", "0.25",
+                                  "--metrics-port", str(metrics_port), "--instance-id", f"{names.prefix}-w1"], env, home)
+        sink = Child("sink", ["sink", "--prefix", names.prefix, "--database", "sluice",
+                              "--instance-id", f"{names.prefix}-s1"], env, home)
+        children += [worker, sink]
+
+        producer = AvroProducer(bootstrap, serde, **{"linger.ms": 20})
+        assignments = InProcessAssignments(bootstrap, names, specs, serde, producer)
+        simulator = Simulator(specs, scenario, assignments, producer, names)
+        start_ms = int(time.time() * 1000) - round(scenario.days * DAY_MS)
+        progress = Progress(TextColumn("simulating {task.fields[day]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                            TextColumn("{task.fields[serves]:,} serves"), TimeElapsedColumn())
+        task = progress.add_task("sim", total=1.0, day="day 0", serves=0)
+
+        def view() -> Group:
+            return Group(progress, _weights_table(dict(assignments.tables.latest), specs))
+
+        with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
+            def on_step(fraction: float, tally: Tally) -> None:
+                progress.update(task, completed=fraction, day=f"day {fraction * scenario.days:4.1f}/{scenario.days:g}",
+                                serves=sum(tally.serves.values()))
+                live.update(view())
+                for child in children:
+                    if not child.alive():
+                        raise RuntimeError(f"the {child.name} stopped (exit {child.proc.returncode}); see {child.log_path}")
+
+            tally = simulator.run(start_ms, wall_seconds=options.wall_seconds, on_step=on_step)
+            producer.flush()
+            _drain(worker, metrics_port, console)
+            live.update(view())
+        assignments.close()
+        del producer, assignments, simulator  # their Kafka clients close before the broker may stop
+        worker.stop()
+        console.print("waiting for the sink to land the last rows ...")
+        if not _caught_up(bootstrap, f"{names.prefix}-clickhouse-sink", [names.serves, names.rewards], 120):
+            raise RuntimeError(f"the sink did not catch up within 120 s; see {sink.log_path}")
+        sink.stop()
+        summary = _summary(bootstrap, names, home, tally, scenario, serde)
+        _print_summary(console, summary)
+        report = _report(home, names, specs, console)
+        if report is not None:
+            summary["report"] = str(report)
+            console.print(f"[bold]report:[/] {report}")
+        return summary
+    finally:
+        for child in children:
+            child.stop()
+        if status.started_broker:
+            stop_kafka(settings)
+            console.print("stopped the Kafka broker this demo started")
+
+
+def _drain(worker: Child, port: int, console: Console, timeout_s: float = 120.0) -> None:
+    """Until the worker has read everything (consumer lag 0 twice in a row)."""
+    deadline = time.monotonic() + timeout_s
+    zero = 0
+    while time.monotonic() < deadline and zero < 2:
+        lag = _metric(port, "sluice_stream_consumer_lag_messages")
+        zero = zero + 1 if lag == 0 else 0
+        time.sleep(0.5)
+    if zero < 2:
+        console.print(f"[yellow]the worker still had input to read after {timeout_s:.0f} s; see {worker.log_path}[/]")
+
+
+def _caught_up(bootstrap: str, group: str, topics: list[str], timeout_s: float) -> bool:
+    """True once `group` has committed the end offset of every partition of `topics`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from sluice.kafka.clients import consumer_config
+    from sluice.kafka.io import watermarks
+
+    consumer = Consumer(consumer_config(bootstrap, group))  # never subscribes: reads the group's offsets only
+    try:
+        meta = consumer.list_topics(timeout=10)
+        tps = [TopicPartition(t, p) for t in topics for p in meta.topics[t].partitions]
+        ends = {(tp.topic, tp.partition): watermarks(consumer, tp)[1] for tp in tps}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = consumer.committed(tps, timeout=10)
+            if all(max(tp.offset, 0) >= ends[(tp.topic, tp.partition)] for tp in committed):
+                return True
+            time.sleep(0.5)
+        return False
+    finally:
+        consumer.close()
+
+
+def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenario: Scenario, serde: Any) -> dict[str, Any]:
+    from sluice.clickhouse import connect
+
+    client = connect(path=home / "clickhouse")
+    try:
+        counts = {}
+        for table in ("serves", "rewards"):
+            row = client.query(f"SELECT count(), uniqExact(event_id) FROM sluice.{table}").result_rows[0]
+            counts[table] = {"rows": int(row[0]), "distinct_event_ids": int(row[1])}
+    finally:
+        client.close()
+    letters: Counter[str] = Counter()
+    for m in read_to_end(bootstrap, [names.dlq]):
+        h = read_headers(m.headers)
+        letters[f"{h.get('sluice.rejected.by', '?')}: {h.get('sluice.reason', '?').split(':')[0]}"] += 1
+    tables = {}
+    for m in read_to_end(bootstrap, [names.weights]):
+        rec = serde.decode(m.value, "WeightTable").record
+        tables[(rec["experiment_id"], rec["entity"])] = rec
+    produced = {
+        "serves": sum(tally.serves.values()) + tally.malformed["unknown_arm"],
+        "rewards": sum(tally.rewards.values()) + tally.malformed["invalid_value"],
+    }
+    return {
+        "chosen": describe(tally, scenario),
+        "final_weights": {f"{e}/{n}": {a["arm"]: a["weight"] for a in t["arms"]} for (e, n), t in sorted(tables.items())},
+        "regret": {exp: {"policy": tally.regret[exp], "equal_split": tally.regret_equal_split[exp]} for exp in tally.regret},
+        "produced": produced,
+        "clickhouse": counts,
+        "dead_letters": dict(letters),
+        "malformed_sent": dict(tally.malformed),
+    }
+
+
+def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    t = Table(title="chosen model per entity (most served over the last simulated day) vs the truth")
+    for col in ("experiment / entity", "chosen", "share", "truly best", "right?"):
+        t.add_column(col)
+    for key, row in s["chosen"].items():
+        t.add_row(key, row["chosen"], f"{row['share']:.0%}", row["best"], "yes" if row["chosen"] == row["best"] else "no")
+    console.print(t)
+    r = Table(title="expected regret (clicks lost against always serving the best arm)")
+    for col in ("experiment", "this policy", "equal-split A/B", "saved"):
+        r.add_column(col, justify="right")
+    for exp, row in s["regret"].items():
+        saved = 1 - row["policy"] / row["equal_split"] if row["equal_split"] else 0.0
+        r.add_row(exp, f"{row['policy']:.1f}", f"{row['equal_split']:.1f}", f"{saved:.0%}")
+    console.print(r)
+    e = Table(title="events produced vs rows in ClickHouse")
+    for col in ("table", "produced", "rows", "distinct event ids", "match"):
+        e.add_column(col, justify="right")
+    for table in ("serves", "rewards"):
+        c = s["clickhouse"][table]
+        ok = s["produced"][table] == c["rows"] == c["distinct_event_ids"]
+        e.add_row(table, f"{s['produced'][table]:,}", f"{c['rows']:,}", f"{c['distinct_event_ids']:,}", "yes" if ok else "NO")
+    console.print(e)
+    d = Table(title="dead letters by who rejected them and why")
+    d.add_column("rejected by: reason")
+    d.add_column("count", justify="right")
+    for reason, n in sorted(s["dead_letters"].items()):
+        d.add_row(reason, str(n))
+    console.print(d)
+
+
+def _report(home: Path, names: TopicNames, specs: dict[str, Any], console: Console) -> Path | None:
+    """The HTML report of the bandit, if the report module is available."""
+    try:
+        from sluice.analytics.report import write_report  # type: ignore[import-not-found]
+    except ImportError:
+        console.print("[yellow]no report: sluice.analytics.report is not built yet[/]")
+        return None
+    from sluice.clickhouse import connect
+
+    client = connect(path=home / "clickhouse")
+    try:
+        out = home / "report-demo-ranking.html"
+        return Path(write_report(client, "demo-ranking", out, database="sluice"))
+    finally:
+        client.close()
+
+
+def default_options(wall_seconds: float = 150.0, days: float | None = None) -> DemoOptions:
+    return DemoOptions(specs=[DEMO_DIR / "ranking.yaml", DEMO_DIR / "checkout_ab.yaml"],
+                       scenario=DEMO_DIR / "scenario.yaml", wall_seconds=wall_seconds, days=days)
+
+
+Echo = Callable[[str], None]

@@ -1,0 +1,216 @@
+"""A traffic simulator: units ask for assignments, rewards come from known true rates.
+
+A `Scenario` says, per experiment and entity, how likely each arm's serve is to be
+rewarded, and optionally how that changes part-way through (the best model changes: the
+window has to forget). `Simulator.run` walks simulated time in steps: each step, for every
+entity of every experiment, units are assigned (by an `Assigner` source: the sidecar over
+HTTP, or the same code in process), a ServeEvent is logged for each (by the sidecar, or
+here), and each serve is rewarded with its arm's true probability. Simulated time runs
+faster than the wall clock (a week in minutes); event time drives the windows.
+
+It keeps the figures a demo summary needs: serves and rewards produced, regret of the
+assignments against always serving the best arm, and the regret an equal-split A/B test
+would have had over the same traffic. A few malformed events can be mixed in, to show the
+dead-letter topic at work.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+
+from sluice.core.spec import ExperimentSpec
+from sluice.kafka.clients import entity_key
+from sluice.kafka.io import AvroProducer
+from sluice.kafka.topics import TopicNames
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class ScenarioError(ValueError):
+    """A scenario file that does not fit its experiments; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """True reward rates per experiment → entity → arm, before and after `change_at`
+    (a fraction of the simulated span), and the traffic to simulate."""
+
+    rates: Mapping[str, Mapping[str, Mapping[str, float]]]
+    rates_after: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
+    change_at: float = 0.5
+    days: float = 7.0
+    serves_per_entity_hour: int = 60
+    step_hours: float = 1.0
+    malformed_every_steps: int = 24  # one malformed event of each kind this often; 0 = none
+
+    @classmethod
+    def load(cls, path: str | Path, specs: Mapping[str, ExperimentSpec]) -> Scenario:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "rates" not in data:
+            raise ScenarioError(f"{path}: a scenario needs `rates: {{experiment: {{entity: {{arm: rate}}}}}}`")
+        scenario = cls(**data)
+        scenario.check(specs)
+        return scenario
+
+    def check(self, specs: Mapping[str, ExperimentSpec]) -> None:
+        for where, table in (("rates", self.rates), ("rates_after", self.rates_after)):
+            for exp, entities in table.items():
+                if exp not in specs:
+                    raise ScenarioError(f"{where}.{exp}: no such experiment (specs: {sorted(specs)})")
+                arms = set(specs[exp].arm_names)
+                for entity, rates in entities.items():
+                    if set(rates) != arms:
+                        raise ScenarioError(f"{where}.{exp}.{entity}: rates for {sorted(rates)}, "
+                                            f"but the arms are {sorted(arms)}")
+                    bad = {a: r for a, r in rates.items() if not 0 <= r <= 1}
+                    if bad:
+                        raise ScenarioError(f"{where}.{exp}.{entity}: rates must be in [0, 1], got {bad}")
+        if not 0 <= self.change_at <= 1:
+            raise ScenarioError(f"change_at must be a fraction in [0, 1], got {self.change_at}")
+
+    def rate(self, exp: str, entity: str, arm: str, fraction: float) -> float:
+        after = self.rates_after.get(exp, {}).get(entity)
+        table = after if after is not None and fraction >= self.change_at else self.rates[exp][entity]
+        return table[arm]
+
+    def best(self, exp: str, entity: str, fraction: float) -> str:
+        arms = self.rates[exp][entity]
+        return max(arms, key=lambda a: self.rate(exp, entity, a, fraction))
+
+
+@dataclass(frozen=True)
+class Served:
+    serve_id: str
+    arm: str
+    in_experiment: bool
+
+
+class Assignments(Protocol):
+    """Where the simulator gets its assignments; implementations also log the serves."""
+
+    def assign(self, experiment: str, entity: str, unit_ids: list[str], timestamps_ms: list[int]) -> list[Served]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Tally:
+    """What the simulation produced, for the summary."""
+
+    serves: Counter[str] = field(default_factory=Counter)  # by experiment
+    rewards: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)  # by the reason the worker should give
+    regret: Counter[str] = field(default_factory=Counter)  # expected, by experiment
+    regret_equal_split: Counter[str] = field(default_factory=Counter)
+    last_arm_counts: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
+
+
+class Simulator:
+    """See the module docstring. `on_step(fraction, tally)` is called after every step."""
+
+    def __init__(self, specs: Mapping[str, ExperimentSpec], scenario: Scenario, assignments: Assignments,
+                 rewards: AvroProducer, names: TopicNames, *, seed: int = 7) -> None:
+        self.specs, self.scenario, self.assignments = specs, scenario, assignments
+        self.rewards, self.names = rewards, names
+        self.rng = np.random.default_rng(seed)
+        self.tally = Tally()
+        self._unit = 0
+
+    def run(self, start_ms: int, *, wall_seconds: float, on_step: Callable[[float, Tally], None] | None = None) -> Tally:
+        sc = self.scenario
+        steps = max(1, round(sc.days * 24 / sc.step_hours))
+        step_ms = round(sc.step_hours * HOUR_MS)
+        per_step = max(1, round(sc.serves_per_entity_hour * sc.step_hours))
+        wall_per_step = wall_seconds / steps
+        for step in range(steps):
+            began = time.monotonic()
+            fraction = step / steps
+            t0 = start_ms + step * step_ms
+            for exp, entities in sc.rates.items():
+                for entity in entities:
+                    self._traffic(exp, entity, t0, step_ms, per_step, fraction, last=step >= steps - 24 / sc.step_hours)
+            if sc.malformed_every_steps and step % sc.malformed_every_steps == sc.malformed_every_steps // 2:
+                self._malformed(t0)
+            self.rewards.flush()
+            if on_step is not None:
+                on_step((step + 1) / steps, self.tally)
+            time.sleep(max(0.0, wall_per_step - (time.monotonic() - began)))
+        return self.tally
+
+    def _traffic(self, exp: str, entity: str, t0: int, step_ms: int, n: int, fraction: float, last: bool) -> None:
+        sc, tally = self.scenario, self.tally
+        units = [f"user-{self._unit + i}" for i in range(n)]
+        self._unit += n
+        times = np.sort(t0 + self.rng.integers(0, step_ms, n))
+        served = self.assignments.assign(exp, entity, units, times.tolist())
+        arms = self.specs[exp].arm_names
+        rates = {a: sc.rate(exp, entity, a, fraction) for a in arms}
+        best = max(rates.values())
+        equal_split = best - float(np.mean(list(rates.values())))
+        key = entity_key(exp, entity)
+        for s, ts in zip(served, times):
+            tally.serves[exp] += 1
+            tally.regret[exp] += best - rates[s.arm]
+            tally.regret_equal_split[exp] += equal_split
+            if last:
+                tally.last_arm_counts.setdefault((exp, entity), Counter())[s.arm] += 1
+            if self.rng.random() < rates[s.arm]:
+                delay = int(self.rng.integers(1_000, 30 * 60_000))  # a click within half an hour
+                self.rewards.send(self.names.rewards, key, "RewardEvent", {
+                    "event_id": str(uuid.uuid4()), "serve_id": s.serve_id, "experiment_id": exp, "entity": entity,
+                    "name": self.specs[exp].reward.name, "value": 1.0, "timestamp": int(ts) + delay,
+                    "latency_ms": float(self.rng.gamma(4.0, 5.0)), "error": False,
+                })
+                tally.rewards[exp] += 1
+
+    def _malformed(self, t0: int) -> None:
+        """One of each: bytes that are not Avro, a serve of an arm the experiment lacks, and
+        a reward whose value is not a number."""
+        exp = next(iter(self.scenario.rates))
+        entity = next(iter(self.scenario.rates[exp]))
+        key = entity_key(exp, entity)
+        self.rewards.send_raw(self.names.serves, key, b"\x00 this is not an Avro message")
+        self.tally.malformed["undecodable"] += 1
+        sid = str(uuid.uuid4())
+        self.rewards.send(self.names.serves, key, "ServeEvent", {
+            "event_id": sid, "serve_id": sid, "experiment_id": exp, "entity": entity, "unit_id": "user-x",
+            "arm": "no-such-arm", "in_experiment": True, "propensity": 0.5, "weights_version": 0, "bucket": 0,
+            "timestamp": t0, "context": {},
+        })
+        self.tally.malformed["unknown_arm"] += 1
+        self.rewards.send(self.names.rewards, key, "RewardEvent", {
+            "event_id": str(uuid.uuid4()), "serve_id": sid, "experiment_id": exp, "entity": entity,
+            "name": self.specs[exp].reward.name, "value": float("nan"), "timestamp": t0,
+            "latency_ms": None, "error": None,
+        })
+        self.tally.malformed["invalid_value"] += 1
+
+
+def load_specs(paths: list[Path]) -> dict[str, ExperimentSpec]:
+    from sluice.specfile import load_spec_file
+
+    specs = {}
+    for path in paths:
+        spec = load_spec_file(path)
+        specs[spec.id] = spec
+    return specs
+
+
+def describe(tally: Tally, scenario: Scenario) -> dict[str, Any]:
+    """Chosen arm per entity (most served over the last simulated day) against the truth."""
+    out = {}
+    for (exp, entity), counts in sorted(tally.last_arm_counts.items()):
+        chosen = counts.most_common(1)[0][0]
+        truth = scenario.best(exp, entity, 1.0)
+        out[f"{exp}/{entity}"] = {"chosen": chosen, "share": counts[chosen] / sum(counts.values()), "best": truth}
+    return out
