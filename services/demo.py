@@ -14,6 +14,7 @@ started, also on Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,6 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class DemoOptions:
     scenario: Path
     wall_seconds: float = 150.0  # the simulated span takes this long
     days: float | None = None  # override the scenario's simulated days (the test runs a short one)
+    summary_json: Path | None = None  # also write the summary here
 
 
 class Child:
@@ -137,6 +138,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         sink = Child("sink", ["sink", "--prefix", names.prefix, "--database", "sluice",
                               "--instance-id", f"{names.prefix}-s1"], env, home)
         children += [worker, sink]
+        (home / "children.pids").write_text("".join(f"{c.name} {c.proc.pid}\n" for c in children))
 
         producer = AvroProducer(bootstrap, serde, **{"linger.ms": 20})
         assignments = InProcessAssignments(bootstrap, names, specs, serde, producer)
@@ -171,6 +173,8 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         sink.stop()
         summary = _summary(bootstrap, names, home, tally, scenario, serde)
         _print_summary(console, summary)
+        if options.summary_json is not None:
+            options.summary_json.write_text(json.dumps(summary, indent=2))
         report = _report(home, names, specs, console)
         if report is not None:
             summary["report"] = str(report)
@@ -300,9 +304,8 @@ def _report(home: Path, names: TopicNames, specs: dict[str, Any], console: Conso
         client.close()
 
 
-def default_options(wall_seconds: float = 150.0, days: float | None = None) -> DemoOptions:
+def default_options(wall_seconds: float = 150.0, days: float | None = None,
+                    summary_json: Path | None = None) -> DemoOptions:
     return DemoOptions(specs=[DEMO_DIR / "ranking.yaml", DEMO_DIR / "checkout_ab.yaml"],
-                       scenario=DEMO_DIR / "scenario.yaml", wall_seconds=wall_seconds, days=days)
-
-
-Echo = Callable[[str], None]
+                       scenario=DEMO_DIR / "scenario.yaml", wall_seconds=wall_seconds, days=days,
+                       summary_json=summary_json)

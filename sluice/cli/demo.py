@@ -13,14 +13,16 @@ from sluice.cli._common import settings, sigterm_unwinds, sluice_errors
 @click.option("--wall-seconds", type=click.FloatRange(min=5), default=150.0, show_default=True,
               help="How long the simulated two weeks take on the wall clock.")
 @click.option("--days", type=click.FloatRange(min=0.1), default=None, help="Simulate this many days instead.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the summary as JSON here.")
 @sluice_errors
-def demo(wall_seconds: float, days: float | None) -> None:
+def demo(wall_seconds: float, days: float | None, summary_json: Path | None) -> None:
     """Run the whole platform on simulated traffic: broker, worker, sink, a Thompson bandit
     and an A/B test, live weights, a summary and an HTML report. Stops what it started."""
     from services import demo as demo_run
 
     sigterm_unwinds()
-    demo_run.run(settings(), demo_run.default_options(wall_seconds, days))
+    demo_run.run(settings(), demo_run.default_options(wall_seconds, days, summary_json))
 
 
 @click.command()

@@ -1,8 +1,10 @@
-"""`make demo` (the foundation's form): events go through Kafka and ClickHouse and come
-back; a SIGTERM mid-run still stops the broker it started."""
+"""`make demo`, short: two simulated days through the real broker, worker, sink and embedded
+ClickHouse. Checks the summary's invariants, and that every process it started stops, also
+on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,24 +28,41 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
                   "SLUICE_CACHE": os.environ.get("SLUICE_CACHE", str(project_root() / ".cache"))}
 
 
-def test_demo_round_trips_events_and_stops_its_broker(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "sluice.cli", "demo"], capture_output=True, text=True, env=demo_env(tmp_path), timeout=180)
-    assert run.returncode == 0, run.stderr
-    assert "produced 6 serves and 3 rewards" in run.stdout
-    assert "read back 9 of them from Kafka" in run.stdout
-    for arm in ("model-a", "model-b", "model-c"):
-        assert f"{arm}  serves=2 clicks=1" in run.stdout
-    assert "stopped the broker this demo started" in run.stdout
+def child_pids(tmp_path: Path) -> list[int]:
+    pids = tmp_path / "demo" / "children.pids"
+    return [int(line.split()[1]) for line in pids.read_text().splitlines()] if pids.exists() else []
+
+
+def test_a_short_demo_lands_every_event_and_moves_weights_to_the_best_arm(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    run = subprocess.run([sys.executable, "-m", "sluice.cli", "demo", "--days", "2", "--wall-seconds", "15",
+                          "--summary-json", str(summary_path)],
+                         capture_output=True, text=True, env=demo_env(tmp_path), timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    for table in ("serves", "rewards"):
+        produced, landed = summary["produced"][table], summary["clickhouse"][table]
+        assert produced == landed["rows"] == landed["distinct_event_ids"] > 0, (table, produced, landed)
+    # adv-globex: transformer-v1 clicks at 5 %, the others at 2.8-3.2 %.
+    globex = summary["final_weights"]["demo-ranking/adv-globex"]
+    assert max(globex, key=globex.get) == "transformer-v1", globex
+    assert summary["regret"]["demo-ranking"]["policy"] < summary["regret"]["demo-ranking"]["equal_split"]
+    assert {"sluice-worker: undecodable", "sluice-worker: unknown_arm", "sluice-worker: invalid_value"} <= set(summary["dead_letters"])
     assert not (tmp_path / "kafka" / "broker.pid").exists()
+    assert child_pids(tmp_path) and not any(_alive(pid) for pid in child_pids(tmp_path))
 
 
-def test_sigterm_during_the_demo_stops_the_broker_it_started(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "sluice.cli", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env(tmp_path))
-    pid_file = tmp_path / "kafka" / "broker.pid"
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+def test_sigterm_during_the_demo_stops_everything_it_started(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "sluice.cli", "demo", "--days", "2", "--wall-seconds", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env(tmp_path))
+    pid_file, children = tmp_path / "kafka" / "broker.pid", tmp_path / "demo" / "children.pids"
+    deadline = time.monotonic() + 90
+    while not children.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert children.exists(), "the demo never started its worker and sink"
     broker_pid = int(pid_file.read_text())
+    time.sleep(3)  # mid-simulation
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=90)
     assert not _alive(broker_pid), f"broker {broker_pid} outlived the demo"
+    assert not any(_alive(pid) for pid in child_pids(tmp_path))

@@ -30,7 +30,8 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 
 def test_the_foundation_commands_exist() -> None:
     paths = {" ".join(p) for p in all_commands(main)}
-    assert {"db migrate", "topics create", "topics list", "up", "down", "demo"} <= paths
+    assert {"db migrate", "topics create", "topics list", "up", "down", "demo", "simulate", "worker",
+            "experiments apply"} <= paths
 
 
 def test_topics_create_without_any_kafka_says_how_to_get_one(tmp_path: Path) -> None:
