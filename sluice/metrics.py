@@ -12,9 +12,12 @@ them together.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Latency buckets for request handling (sidecar) and publication freshness (worker).
 REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -65,3 +68,43 @@ class StreamMetrics:
             batch_size=Histogram("sluice_stream_batch_events", "Events per processed batch.",
                                  buckets=(1, 10, 100, 1_000, 5_000, 10_000, 50_000), registry=registry),
         )
+
+
+@dataclass(frozen=True)
+class SidecarMetrics:
+    """The assignment sidecar (`sluice sidecar`): requests, latency and tables; serve
+    delivery is exposed by `DeliveryCollector`."""
+
+    requests: Counter
+    duration: Histogram
+    tables_loaded: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SidecarMetrics:
+        return cls(
+            requests=Counter("sluice_sidecar_requests_total", "Requests by route and HTTP status.",
+                             ["route", "status"], registry=registry),
+            duration=Histogram("sluice_sidecar_request_duration_seconds", "Time to answer a request, by route.",
+                               ["route"], buckets=REQUEST_BUCKETS, registry=registry),
+            tables_loaded=Gauge("sluice_sidecar_tables_loaded", "Weight tables held.", registry=registry),
+        )
+
+
+class DeliveryCollector:
+    """Serve and reward delivery of an SDK or sidecar, read from `DurableDelivery.counts` at
+    scrape time: logged, delivered, spilled, dropped (counters) and the spill backlog."""
+
+    def __init__(self, delivery: Any) -> None:
+        self._delivery = delivery
+
+    def collect(self) -> Iterator[Any]:
+        counts = self._delivery.counts
+        for name, value, doc in (
+            ("sluice_serves_logged", counts.logged, "Records (serves, rewards) logged for delivery."),
+            ("sluice_serves_delivered", counts.delivered, "Records Kafka acknowledged."),
+            ("sluice_serves_spilled", counts.spilled, "Records written to the local spill file while Kafka was unreachable."),
+            ("sluice_serves_dropped", counts.dropped, "Records lost: spill file full, or refused by Kafka."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("sluice_serves_spill_bytes", "Bytes waiting in the spill file.",
+                                value=self._delivery.spill_pending_bytes)

@@ -91,10 +91,16 @@ class DurableDelivery:
         return False
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Deliver what can be delivered within `timeout_s`; keep the rest in the spill file."""
-        self.flush(timeout_s)
+        """Deliver what can be delivered within `timeout_s` (a second when the broker is
+        known to be down); keep the rest in the spill file, where the next start finds it."""
+        self.flush(1.0 if self._spilling else timeout_s)
         self._stop.set()
         self._thread.join()
+        while self._queue:  # logged but never handed to the producer
+            self._to_spill(*self._queue.popleft())
+        # Records still waiting in the producer's queue come back through _on_delivery as
+        # purged, and go to the spill file with the others.
+        self._producer.purge(in_queue=True, in_flight=False)
         self._producer.flush(1.0)
         self._spill.close()
 
@@ -183,7 +189,8 @@ class DurableDelivery:
 def _broker_gone_codes() -> frozenset[int]:
     from confluent_kafka import KafkaError
 
-    return frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT})
+    return frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+                      KafkaError._PURGE_QUEUE})
 
 
 _BROKER_GONE = _broker_gone_codes()

@@ -1,0 +1,321 @@
+"""The in-process SDK: deterministic assignments from the live weight tables, with every
+serve logged without the caller doing anything.
+
+    client = SluiceClient.connect(bootstrap, prefix="sluice", state_dir=Path("/var/lib/sluice"))
+    a = client.assign("ranking-model-bandit", "user-42", entity="adv-1001")
+    a.arm, a.values, a.propensity, a.weights_version, a.serve_id
+    model = client.get("ranking.model", "user-42", entity="adv-1001").value
+    client.log_reward(a, 1.0)          # or log_reward(serve_id, 1.0, experiment=..., entity=...)
+
+Specs and weight tables are followed from their compacted topics in background threads
+(full read at start, then live) and snapshotted to `state_dir`; a client started while
+Kafka is down serves from the snapshot, and with no table at all it answers the
+experiment's default arm and says so (`source == "default"`). An assignment never waits
+on Kafka: it reads memory, hashes, and queues the ServeEvent for `DurableDelivery`
+(batched, idempotent, acks=all, a bounded spill file while Kafka is unreachable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sluice.avro import SchemaSet, SingleObjectSerde
+from sluice.config import project_root
+from sluice.core.allocation import Allocation
+from sluice.core.assignment import Assigner
+from sluice.core.spec import ExperimentSpec, spec_from_mapping
+from sluice.errors import SluiceError
+from sluice.kafka.clients import entity_key
+from sluice.kafka.follower import CompactedTopicFollower
+from sluice.kafka.topics import TopicNames
+
+
+class AssignmentRequestError(SluiceError):
+    """A request the client cannot answer: unknown experiment or parameter, missing entity."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """One assignment. `source`: "table" (a live weight table), "snapshot" (the table
+    restored from disk while Kafka is unreachable) or "default" (no table, paused or
+    stopped, or outside the experiment's traffic: the default arm)."""
+
+    experiment: str
+    entity: str
+    unit_id: str
+    arm: str
+    values: dict[str, Any]
+    propensity: float
+    in_experiment: bool
+    weights_version: int
+    bucket: int
+    serve_id: str
+    timestamp_ms: int
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"experiment": self.experiment, "entity": self.entity, "unit_id": self.unit_id, "arm": self.arm,
+                "values": self.values, "propensity": self.propensity, "in_experiment": self.in_experiment,
+                "weights_version": self.weights_version, "bucket": self.bucket, "serve_id": self.serve_id,
+                "timestamp_ms": self.timestamp_ms, "source": self.source}
+
+
+@dataclass(frozen=True)
+class ParameterValue:
+    name: str
+    value: Any
+    assignment: Served
+
+
+@dataclass
+class _Entry:
+    version: int
+    assigner: Assigner
+    arm_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class SluiceClient:
+    """See the module docstring. Thread-safe for `assign`, `get` and `log_reward`."""
+
+    def __init__(self, *, prefix: str = "sluice", state_dir: Path, delivery: Any | None = None,
+                 serde: SingleObjectSerde | None = None) -> None:
+        self.names = TopicNames(prefix)
+        self.serde = serde or SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+        self.delivery = delivery
+        self.state_dir = Path(state_dir)
+        self.specs: dict[str, ExperimentSpec] = {}
+        self.tables: dict[bytes, dict[str, Any]] = {}
+        self._entries: dict[bytes, _Entry] = {}
+        self._params: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._followers: list[CompactedTopicFollower[Any]] = []
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._snapshotter: threading.Thread | None = None
+        self._restore()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, bootstrap: str, *, prefix: str = "sluice", state_dir: Path, ready_timeout_s: float = 10.0,
+                log_serves: bool = True, max_spill_bytes: int = 256 * 1024 * 1024) -> SluiceClient:
+        """A client following `bootstrap`'s topics; waits up to `ready_timeout_s` for the full
+        read of both topics and otherwise serves from the snapshot (or defaults) meanwhile."""
+        from sluice.client.delivery import DurableDelivery
+
+        state_dir = Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        delivery = DurableDelivery(bootstrap, state_dir / "serves.spill", max_spill_bytes=max_spill_bytes) \
+            if log_serves else None
+        client = cls(prefix=prefix, state_dir=state_dir, delivery=delivery)
+        client.follow(bootstrap, ready_timeout_s)
+        return client
+
+    def follow(self, bootstrap: str, ready_timeout_s: float) -> bool:
+        specs = CompactedTopicFollower(bootstrap, self.names.experiments, self._decode_spec, on_update=self._on_spec)
+        tables = CompactedTopicFollower(bootstrap, self.names.weights, self._decode_table, on_update=self._on_table)
+        self._followers = [specs.start(), tables.start()]
+        self._snapshotter = threading.Thread(target=self._snapshot_loop, name="sluice-snapshot", daemon=True)
+        self._snapshotter.start()
+        deadline = time.monotonic() + ready_timeout_s
+        return all(f.ready.wait(max(0.0, deadline - time.monotonic())) for f in self._followers)
+
+    @property
+    def live(self) -> bool:
+        """Both topics have been read to their end: answers come from Kafka's tables."""
+        return bool(self._followers) and all(f.ready.is_set() for f in self._followers)
+
+    @property
+    def ready(self) -> bool:
+        """Tables are loaded: from Kafka, or from a snapshot."""
+        return self.live or bool(self.specs)
+
+    def close(self) -> None:
+        """Deliver or spill the logged records first (nothing may be lost), then stop following."""
+        if self.delivery is not None:
+            self.delivery.close()
+        self._stop.set()
+        for f in self._followers:
+            f.stop()
+        if self._snapshotter is not None:
+            self._snapshotter.join(5)
+        self._write_snapshot()
+
+    # -- assignments ------------------------------------------------------------------------
+
+    def assign(self, experiment: str, unit_id: str, entity: str | None = None, context: dict[str, str] | None = None,
+               *, timestamp_ms: int | None = None, log: bool = True) -> Served:
+        """The arm of `unit_id` in `experiment` (for `entity`, if the experiment has
+        entities). Logs the ServeEvent unless `log=False` (then call `log_exposure` when
+        the unit actually sees it)."""
+        spec = self.specs.get(experiment)
+        if spec is None:
+            known = ", ".join(sorted(self.specs)) or "none"
+            raise AssignmentRequestError(f"unknown experiment {experiment!r} (known: {known})")
+        if not isinstance(unit_id, str) or not unit_id:
+            raise AssignmentRequestError("unit_id must be a non-empty string")
+        if spec.entity is not None and not entity:
+            raise AssignmentRequestError(f"experiment {experiment!r} runs per {spec.entity}: give the entity")
+        entity = entity or ""
+        key = entity_key(experiment, entity)
+        entry, source = self._entry(spec, key)
+        a = entry.assigner.assign(unit_id)
+        inside = a.in_experiment and source != "default"
+        served = Served(experiment, entity, unit_id, a.arm, entry.arm_values[a.arm], a.propensity if inside else 1.0,
+                        inside, entry.version, a.bucket, str(uuid.uuid4()),
+                        int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+                        source if inside else "default")
+        if log:
+            self.log_exposure(served, context)
+        return served
+
+    def get(self, parameter: str, unit_id: str, entity: str | None = None, context: dict[str, str] | None = None,
+            *, experiment: str | None = None, timestamp_ms: int | None = None) -> ParameterValue:
+        """The value of `parameter` for `unit_id`, from whichever running experiment sets it."""
+        owners = [e for e in self._params.get(parameter, []) if self.specs[e].status == "running"]
+        if experiment is not None:
+            owners = [experiment] if experiment in self._params.get(parameter, []) else []
+        if not owners:
+            raise AssignmentRequestError(f"no running experiment sets parameter {parameter!r}")
+        if len(owners) > 1:
+            raise AssignmentRequestError(f"parameter {parameter!r} is set by several experiments {owners}; "
+                                         f"name one with experiment=")
+        served = self.assign(owners[0], unit_id, entity, context, timestamp_ms=timestamp_ms)
+        return ParameterValue(parameter, served.values[parameter], served)
+
+    def log_exposure(self, served: Served, context: dict[str, str] | None = None) -> None:
+        """Log the ServeEvent of an assignment made with `log=False`."""
+        if self.delivery is None:
+            return
+        record = {
+            "event_id": served.serve_id, "serve_id": served.serve_id, "experiment_id": served.experiment,
+            "entity": served.entity, "unit_id": served.unit_id, "arm": served.arm,
+            "in_experiment": served.in_experiment, "propensity": served.propensity,
+            "weights_version": served.weights_version, "bucket": served.bucket,
+            "timestamp": served.timestamp_ms, "context": dict(context or {}),
+        }
+        self.delivery.log(self.names.serves, entity_key(served.experiment, served.entity),
+                          self.serde.encode("ServeEvent", record))
+
+    def log_reward(self, serve: Served | str, value: float, *, experiment: str | None = None,
+                   entity: str | None = None, name: str | None = None, timestamp_ms: int | None = None,
+                   latency_ms: float | None = None, error: bool | None = None) -> str:
+        """Log a reward of a serve (a `Served`, or its serve id with its experiment and
+        entity, which make the key that puts it in the serve's partition)."""
+        if isinstance(serve, Served):
+            serve_id, experiment, entity = serve.serve_id, serve.experiment, serve.entity
+        else:
+            serve_id = serve
+        if not experiment:
+            raise AssignmentRequestError("a reward needs its serve's experiment (and entity, if any)")
+        spec = self.specs.get(experiment)
+        if spec is None:
+            raise AssignmentRequestError(f"unknown experiment {experiment!r}")
+        event_id = str(uuid.uuid4())
+        record = {"event_id": event_id, "serve_id": serve_id, "experiment_id": experiment, "entity": entity or "",
+                  "name": name or spec.reward.name, "value": float(value),
+                  "timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+                  "latency_ms": latency_ms, "error": error}
+        if self.delivery is not None:
+            self.delivery.log(self.names.rewards, entity_key(experiment, entity or ""),
+                              self.serde.encode("RewardEvent", record))
+        return event_id
+
+    def _entry(self, spec: ExperimentSpec, key: bytes) -> tuple[_Entry, str]:
+        table = self.tables.get(key) if spec.status == "running" else None
+        version = 0 if table is None else table["version"]
+        entry = self._entries.get(key)
+        if entry is None or entry.version != version or entry.assigner.salt != spec.salt:
+            entry = self._entries[key] = self._build(spec, table)
+        return entry, ("default" if table is None else "table" if self.live else "snapshot")
+
+    @staticmethod
+    def _build(spec: ExperimentSpec, table: dict[str, Any] | None) -> _Entry:
+        values = {a.name: dict(a.values) for a in spec.arms}
+        if table is None:
+            counts = [0] * len(spec.arms)
+            counts[spec.arm_index(spec.default_arm)] = spec.num_buckets
+            return _Entry(0, spec.assigner(Allocation.contiguous(counts)), values)
+        arms, allocation = Allocation.from_arm_weights(table["arms"], table["num_buckets"])
+        for arm in arms:  # an arm the spec no longer has keeps no buckets; its values are unknown
+            values.setdefault(arm, {})
+        layer = None if spec.layer is None else spec.layer.to_slice()
+        return _Entry(table["version"], Assigner(spec.salt, allocation, arms, spec.default_arm,
+                                                 spec.traffic_fraction, layer), values)
+
+    # -- following and snapshots --------------------------------------------------------------
+
+    def _decode_spec(self, value: bytes) -> ExperimentSpec:
+        return spec_from_mapping(orjson.loads(self.serde.decode(value, "ExperimentSpec").record["spec_json"]))
+
+    def _decode_table(self, value: bytes) -> dict[str, Any]:
+        return self.serde.decode(value, "WeightTable").record
+
+    def _on_spec(self, key: bytes, spec: ExperimentSpec | None) -> None:
+        with self._lock:
+            specs = dict(self.specs)
+            if spec is None:
+                specs.pop(key.decode(), None)
+            else:
+                specs[key.decode()] = spec
+            self._set_specs(specs)
+        self._dirty.set()
+
+    def _set_specs(self, specs: dict[str, ExperimentSpec]) -> None:
+        params: dict[str, list[str]] = {}
+        for exp_id, spec in sorted(specs.items()):
+            for p in spec.parameters:
+                params.setdefault(p.name, []).append(exp_id)
+        self.specs, self._params = specs, params
+
+    def _on_table(self, key: bytes, table: dict[str, Any] | None) -> None:
+        current = self.tables.get(key)
+        if table is not None and current is not None and table["version"] <= current["version"]:
+            return  # an older table (a republication): keep the newer one
+        tables = dict(self.tables)
+        if table is None:
+            tables.pop(key, None)
+        else:
+            tables[key] = table
+        self.tables = tables
+        self._dirty.set()
+
+    def _snapshot_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._dirty.wait(1.0):
+                self._dirty.clear()
+                self._write_snapshot()
+
+    def _snapshot_path(self) -> Path:
+        return self.state_dir / f"{self.names.prefix}.snapshot.json"
+
+    def _write_snapshot(self) -> None:
+        """Atomically replace the snapshot with the current specs and tables."""
+        if not self.specs and not self.tables:
+            return
+        data = {"specs": {k: s.model_dump(mode="json") for k, s in self.specs.items()},
+                "tables": {k.decode(): t for k, t in self.tables.items()}}
+        path = self._snapshot_path()
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(orjson.dumps(data))
+        os.replace(tmp, path)
+
+    def _restore(self) -> None:
+        path = self._snapshot_path()
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            self._set_specs({k: spec_from_mapping(v) for k, v in data["specs"].items()})
+            self.tables = {k.encode(): t for k, t in data["tables"].items()}
+        except (ValueError, KeyError, OSError) as exc:
+            raise SluiceError(f"snapshot {path} is unreadable ({exc}); move it away to start without it") from exc
