@@ -41,7 +41,8 @@ from sluice.kafka.dlq import read_headers
 from sluice.kafka.io import AvroProducer, read_to_end
 from sluice.local.kafka import free_loopback_ports
 from sluice.local.stack import start_kafka, stop_kafka
-from services.assignments import InProcessAssignments
+from services.assignments import SidecarAssignments
+from sluice.kafka.follower import CompactedTopicFollower
 from services.simulator import DAY_MS, Scenario, Simulator, Tally, describe, load_specs
 
 DEMO_DIR = project_root() / "examples" / "demo"
@@ -131,17 +132,21 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         with ExperimentRegistry(bootstrap, names.prefix, serde) as registry:
             for spec in specs.values():
                 registry.apply(spec)
-        (metrics_port,) = free_loopback_ports(1)
+        metrics_port, sidecar_port = free_loopback_ports(2)
         env = {"KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(home)}
         worker = Child("worker", ["worker", "--prefix", names.prefix, "--publish-interval", "0.25",
                                   "--metrics-port", str(metrics_port), "--instance-id", f"{names.prefix}-w1"], env, home)
         sink = Child("sink", ["sink", "--prefix", names.prefix, "--database", "sluice",
                               "--instance-id", f"{names.prefix}-s1"], env, home)
-        children += [worker, sink]
+        sidecar = Child("sidecar", ["sidecar", "--prefix", names.prefix, "--port", str(sidecar_port),
+                                    "--state-dir", str(home / "sidecar")], env, home)
+        children += [worker, sink, sidecar]
         (home / "children.pids").write_text("".join(f"{c.name} {c.proc.pid}\n" for c in children))
 
         producer = AvroProducer(bootstrap, serde, **{"linger.ms": 20})
-        assignments = InProcessAssignments(bootstrap, names, specs, serde, producer)
+        tables = CompactedTopicFollower(bootstrap, names.weights, lambda v: serde.decode(v, "WeightTable").record).start()
+        _wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", sidecar)
+        assignments = SidecarAssignments(f"http://127.0.0.1:{sidecar_port}")
         simulator = Simulator(specs, scenario, assignments, producer, names)
         start_ms = int(time.time() * 1000) - round(scenario.days * DAY_MS)
         progress = Progress(TextColumn("simulating {task.fields[day]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -149,7 +154,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         task = progress.add_task("sim", total=1.0, day="day 0", serves=0)
 
         def view() -> Group:
-            return Group(progress, _weights_table(dict(assignments.tables.latest), specs))
+            return Group(progress, _weights_table(dict(tables.latest), specs))
 
         with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
             def on_step(fraction: float, tally: Tally) -> None:
@@ -162,10 +167,12 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
 
             tally = simulator.run(start_ms, wall_seconds=options.wall_seconds, on_step=on_step)
             producer.flush()
+            assignments.close()
+            sidecar.stop()  # delivers the serves it logged before it exits
             _drain(worker, metrics_port, console)
             live.update(view())
-        assignments.close()
-        del producer, assignments, simulator  # their Kafka clients close before the broker may stop
+        tables.stop()
+        del producer, simulator  # its Kafka client closes before the broker may stop
         worker.stop()
         console.print("waiting for the sink to land the last rows ...")
         if not _caught_up(bootstrap, f"{names.prefix}-clickhouse-sink", [names.serves, names.rewards], 120):
@@ -186,6 +193,21 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         if status.started_broker:
             stop_kafka(settings)
             console.print("stopped the Kafka broker this demo started")
+
+
+def _wait_http(url: str, child: Child, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"the {child.name} stopped (exit {child.proc.returncode}); see {child.log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s; see {child.log_path}")
 
 
 def _drain(worker: Child, port: int, console: Console, timeout_s: float = 120.0) -> None:
