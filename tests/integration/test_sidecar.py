@@ -75,6 +75,16 @@ def test_sdk_sidecar_and_core_give_identical_assignments(setup, serde, tmp_path)
     assert status == 200 and body["value"] == f"m-{expected[0][0]}"
 
 
+def test_the_go_client_talks_to_the_sidecar(setup) -> None:
+    from tests.unit.test_go_client import go_test
+
+    sidecar = setup[4]
+    sidecar.wait_ready()
+    _, body = sidecar.request("POST", "/v1/assign", {"experiment": "exp", "unit_id": "user-7", "entity": "site-1"})
+    run = go_test("-run", "TestSidecarAPI", env={"SLUICE_SIDECAR_URL": sidecar.url, "SLUICE_EXPECT_ARM": body["arm"]})
+    assert run.returncode == 0 and "--- PASS: TestSidecarAPI" in run.stdout, run.stdout + run.stderr
+
+
 def test_a_new_table_is_served_within_a_second(setup, serde) -> None:
     bootstrap, prefix, spec, _, sidecar = setup
     sidecar.wait_ready()

@@ -1,0 +1,3 @@
+module sluice.invalid/client
+
+go 1.21
