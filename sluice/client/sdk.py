@@ -17,6 +17,7 @@ on Kafka: it reads memory, hashes, and queues the ServeEvent for `DurableDeliver
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -83,6 +84,20 @@ class _Entry:
     arm_values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+class ServeIds:
+    """UUID-formatted serve ids, unique without a random draw per id: 76 random bits per
+    process (with the version-4 and variant bits of a UUID in place), then a counter.
+    About a tenth of the cost of `str(uuid.uuid4())` on the assignment path."""
+
+    def __init__(self) -> None:
+        head = uuid.uuid4().hex
+        self._prefix = f"{head[:8]}-{head[8:12]}-{head[12:16]}-{head[16:20]}-"
+        self._next = itertools.count(int(head[20:], 16) & 0xFFFFFF000000).__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next() & 0xFFFFFFFFFFFF:012x}"
+
+
 class SluiceClient:
     """See the module docstring. Thread-safe for `assign`, `get` and `log_reward`."""
 
@@ -98,6 +113,7 @@ class SluiceClient:
         self._params: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._followers: list[CompactedTopicFollower[Any]] = []
+        self._serve_id = ServeIds()
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._snapshotter: threading.Thread | None = None
@@ -171,7 +187,7 @@ class SluiceClient:
         a = entry.assigner.assign(unit_id)
         inside = a.in_experiment and source != "default"
         served = Served(experiment, entity, unit_id, a.arm, entry.arm_values[a.arm], a.propensity if inside else 1.0,
-                        inside, entry.version, a.bucket, str(uuid.uuid4()),
+                        inside, entry.version, a.bucket, self._serve_id(),
                         int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
                         source if inside else "default")
         if log:
