@@ -39,10 +39,17 @@ class StreamMetrics:
     freshness: Histogram
     last_published: Gauge
     batch_size: Histogram
+    srm_p_value: Gauge
+    guardrail_actions: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> StreamMetrics:
         return cls(
+            srm_p_value=Gauge("sluice_srm_p_value", "Sample-ratio-mismatch p-value of the window's serves against the "
+                              "weights (static-weight experiments).", ["experiment", "entity"], registry=registry),
+            guardrail_actions=Counter("sluice_guardrail_actions_total", "Publications in which a guardrail changed the "
+                                      "policy's weights, by rule (floor, cap, max_step, warmup, kill, pin).",
+                                      ["experiment", "rule"], registry=registry),
             events=Counter("sluice_stream_events_total", "Input events applied to statistics, by topic kind (serves, rewards).",
                            ["topic"], registry=registry),
             rejected=Counter("sluice_stream_rejected_total", "Input events sent to the dead-letter topic, by reason.",

@@ -273,6 +273,10 @@ class Worker:
             self.metrics.last_published.labels(exp).set(sent_at)
             for arm, weight in publication.weights.items():
                 self.metrics.arm_weight.labels(exp, record["entity"], arm).set(weight)
+            for rule in publication.guardrails:
+                self.metrics.guardrail_actions.labels(exp, rule).inc()
+            if publication.srm_p_value is not None:
+                self.metrics.srm_p_value.labels(exp, record["entity"]).set(publication.srm_p_value)
             if state.newest_input_ms:
                 self.metrics.freshness.observe(max(0.0, sent_at - state.newest_input_ms / 1000))
 

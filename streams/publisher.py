@@ -23,6 +23,7 @@ from sluice.core.allocation import Allocation
 from sluice.core.guardrails import apply_guardrails
 from sluice.core.policies import PolicyContext, policy_probabilities
 from sluice.core.spec import ExperimentSpec
+from sluice.core.stats.significance import srm_test
 from sluice.core.sufficient import ArmStatistics, window_hours
 from streams.state import COUNT, FIELDS, SERVES, SUM, SUM_SQ, EntityState, entity_of
 
@@ -32,6 +33,8 @@ class Publication:
     record: dict[str, Any]  # the WeightTable Avro record
     weights: dict[str, float]
     allocation: Allocation
+    guardrails: tuple[str, ...] = ()  # rules that changed the policy's weights
+    srm_p_value: float | None = None  # for static weights: do the window's serves fit them?
 
 
 def window_totals(state: EntityState, window_ms: int) -> NDArray[np.float64]:
@@ -90,7 +93,11 @@ def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, 
         "window_end": state.max_event_ms,
         "computed_at": now_ms,
     }
-    return Publication(record, dict(zip(arms, result.weights.tolist())), result.allocation)
+    srm = None
+    if spec.policy.name == "static" and totals[live, COUNT].sum() > 0:
+        srm = srm_test(totals[live, COUNT], result.weights[live]).p_value
+    rules = tuple(dict.fromkeys(a.rule for a in result.actions if a.rule != "quantize"))
+    return Publication(record, dict(zip(arms, result.weights.tolist())), result.allocation, rules, srm)
 
 
 def mark_published(state: EntityState, publication: Publication) -> None:
