@@ -1,0 +1,260 @@
+"""`sluice report`: one self-contained HTML file about an experiment, read from ClickHouse.
+
+Per entity: traffic and weights over (event) time, the windowed reward rate of every arm
+with 95 % intervals, P(best) over time (exact Thompson probabilities of the windowed
+statistics of each weight table), an estimated cumulative regret against the best arm
+next to an equal split, the statistics table of the latest window (tests, intervals,
+P(best), SRM, naive and propensity-weighted means) and the decision with its reason.
+Plots are PNGs inlined as base64: the file needs nothing else to open.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sluice.core.decisions import DecisionCriteria, decide
+from sluice.core.ipw import ipw_means
+from sluice.core.stats.comparison import ArmData
+from sluice.core.stats.intervals import wilson_interval
+from sluice.core.thompson import beta_best_probabilities
+from sluice.errors import SluiceError
+
+DAY_MS = 86_400_000
+MAX_POINTS = 150  # P(best) is computed for at most this many tables per entity
+
+
+class ReportError(SluiceError):
+    """Nothing to report (unknown experiment, no tables), named in the message."""
+
+
+@dataclass
+class EntityData:
+    entity: str
+    arms: list[str]
+    times: np.ndarray  # window_end of each table, ms, shape (T,)
+    weights: np.ndarray  # (T, K)
+    count: np.ndarray  # (T, K) windowed observations
+    sums: np.ndarray  # (T, K)
+    sums_sq: np.ndarray  # (T, K)
+    window_days: float
+    hourly: dict[str, np.ndarray]  # "hours" (H,), "serves"/"sums"/"sums_sq" (H, K): attributed per event hour
+
+
+def load(client: Any, experiment: str, database: str = "sluice", attribution_hours: float = 24.0) -> list[EntityData]:
+    tables = client.query(
+        f"SELECT entity, version, toUnixTimestamp64Milli(window_end), toUnixTimestamp64Milli(window_start), arm, "
+        f"weight, count, sum, sum_squares FROM {database}.weights WHERE experiment_id = %(e)s "
+        f"ORDER BY entity, version, arm", parameters={"e": experiment}).result_rows
+    if not tables:
+        known = [r[0] for r in client.query(f"SELECT DISTINCT experiment_id FROM {database}.weights").result_rows]
+        raise ReportError(f"no weight tables of experiment {experiment!r} in {database}.weights "
+                          f"(experiments there: {', '.join(sorted(known)) or 'none'})")
+    hourly = client.query(f"""
+        SELECT s.entity, toUnixTimestamp(toStartOfHour(s.timestamp)) AS h, s.arm, count() AS n,
+               sum(r.total) AS sums, sum(r.total * r.total) AS sums_sq
+        FROM {database}.serves AS s
+        LEFT JOIN (
+            SELECT rw.serve_id, sum(rw.value) AS total
+            FROM {database}.rewards AS rw
+            INNER JOIN {database}.serves AS sv ON sv.serve_id = rw.serve_id
+            WHERE rw.experiment_id = %(e)s
+              AND rw.timestamp <= sv.timestamp + toIntervalSecond(%(window)s)
+            GROUP BY rw.serve_id
+        ) AS r ON r.serve_id = s.serve_id
+        WHERE s.experiment_id = %(e)s AND s.in_experiment
+        GROUP BY s.entity, h, s.arm ORDER BY s.entity, h""",
+        parameters={"e": experiment, "window": int(attribution_hours * 3600)}).result_rows
+    out = []
+    for entity in sorted({r[0] for r in tables}):
+        rows = [r for r in tables if r[0] == entity]
+        arms = sorted({r[4] for r in rows}, key=lambda a: min(i for i, r in enumerate(rows) if r[4] == a))
+        versions = sorted({r[1] for r in rows})
+        vi, ai = {v: i for i, v in enumerate(versions)}, {a: i for i, a in enumerate(arms)}
+        shape = (len(versions), len(arms))
+        times, weights, count, sums, sums_sq = np.zeros(len(versions)), *(np.zeros(shape) for _ in range(4))
+        spans = []
+        for _, version, end, start, arm, weight, n, s, ss in rows:
+            t, a = vi[version], ai[arm]
+            times[t], spans = end, spans + [end - start]
+            weights[t, a], count[t, a], sums[t, a], sums_sq[t, a] = weight, n, s, ss
+        hours = sorted({r[1] for r in hourly if r[0] == entity})
+        hi = {h: i for i, h in enumerate(hours)}
+        hs = {k: np.zeros((len(hours), len(arms))) for k in ("serves", "sums", "sums_sq")}
+        for e, h, arm, n, s, ss in hourly:
+            if e == entity and arm in ai:
+                hs["serves"][hi[h], ai[arm]], hs["sums"][hi[h], ai[arm]], hs["sums_sq"][hi[h], ai[arm]] = n, s or 0, ss or 0
+        out.append(EntityData(entity, arms, times, weights, count, sums, sums_sq, max(spans) / DAY_MS,
+                              {"hours": np.asarray(hours, dtype=float) * 1000, **hs}))
+    return out
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _days(ms: np.ndarray, origin: float) -> np.ndarray:
+    return (ms - origin) / DAY_MS
+
+
+def _plots(d: EntityData, origin: float, binary: bool) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = _days(d.times, origin)
+    plots = {}
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.stackplot(x, d.weights.T, labels=d.arms, alpha=0.85)
+    ax.set(title="traffic split (weights)", xlabel="day (event time)", ylabel="weight", ylim=(0, 1))
+    ax.legend(fontsize=7, loc="upper left")
+    plots["weights"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    for a, arm in enumerate(d.arms):
+        n = d.count[:, a]
+        ok = n > 0
+        mean = np.divide(d.sums[:, a], n, out=np.zeros_like(n), where=ok)
+        if binary:
+            interval = wilson_interval(d.sums[ok, a], n[ok], 0.95)
+            lo, hi = interval.lower, interval.upper
+        else:
+            var = np.divide(d.sums_sq[:, a], n, out=np.zeros_like(n), where=ok) - mean ** 2
+            half = 1.96 * np.sqrt(np.maximum(var[ok], 0) / n[ok])
+            lo, hi = mean[ok] - half, mean[ok] + half
+        ax.plot(x[ok], mean[ok], label=arm)
+        ax.fill_between(x[ok], lo, hi, alpha=0.2)
+    ax.set(title="reward per serve over the window, 95 % interval", xlabel="day (event time)", ylabel="reward rate")
+    ax.legend(fontsize=7)
+    plots["reward"] = _png(fig)
+
+    idx = np.unique(np.linspace(0, len(x) - 1, min(MAX_POINTS, len(x))).astype(int))
+    if binary:
+        p_best = np.array([beta_best_probabilities(1 + d.sums[i], 1 + d.count[i] - d.sums[i]) for i in idx])
+        fig, ax = plt.subplots(figsize=(6.4, 3.2))
+        for a, arm in enumerate(d.arms):
+            ax.plot(x[idx], p_best[:, a], label=arm)
+        ax.set(title="P(best) of each arm (exact Thompson, windowed)", xlabel="day (event time)", ylabel="P(best)",
+               ylim=(0, 1))
+        ax.legend(fontsize=7)
+        plots["p_best"] = _png(fig)
+
+    serves = d.hourly["serves"]
+    if serves.size:
+        means = np.divide(d.hourly["sums"].sum(0), serves.sum(0), out=np.zeros(len(d.arms)), where=serves.sum(0) > 0)
+        gap = means.max() - means
+        regret = np.cumsum(serves @ gap)
+        equal = np.cumsum(serves.sum(1) * gap.mean())
+        fig, ax = plt.subplots(figsize=(6.4, 3.2))
+        hx = _days(d.hourly["hours"], origin)
+        ax.plot(hx, regret, label="this experiment")
+        ax.plot(hx, equal, "--", label="equal split, same traffic")
+        ax.set(title="estimated cumulative regret vs the best arm", xlabel="day (event time)", ylabel="reward lost")
+        ax.legend(fontsize=7)
+        plots["regret"] = _png(fig)
+    return plots
+
+
+def _fmt(x: float, pct: bool = False) -> str:
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{x:.2%}" if pct else f"{x:.4g}"
+
+
+def _statistics(d: EntityData, binary: bool, criteria: DecisionCriteria) -> tuple[str, str]:
+    """The statistics table and the decision of the latest window, as HTML."""
+    n, s, ss = d.count[-1], d.sums[-1], d.sums_sq[-1]
+    if (n < 1).any():
+        return "<p>Not every arm has observations in the latest window yet.</p>", ""
+    data = ArmData(n=n, successes=s, names=tuple(d.arms)) if binary else \
+        ArmData(n=n, sums=s, sums_sq=ss, names=tuple(d.arms))
+    days_running = (d.times[-1] - d.times[0]) / DAY_MS
+    decision = decide(data, criteria, days_in_window=min(d.window_days, days_running + 1 / 24),
+                      days_running=days_running, current_weights=d.weights[-1])
+    hourly = d.hourly
+    ipw = None
+    if hourly["serves"].size:
+        hour_weights = np.array([d.weights[max(0, np.searchsorted(d.times, h + 3_600_000) - 1)] for h in hourly["hours"]])
+        ipw = ipw_means(hour_weights, hourly["serves"], hourly["sums"], hourly["sums_sq"])
+    rows = []
+    comp = decision.comparison
+    for a, arm in enumerate(d.arms):
+        summary = comp.arms[a] if comp is not None else None
+        contrast = next((c for c in comp.contrasts if c.name == arm), None) if comp is not None else None
+        cells = [arm, f"{int(n[a]):,}", _fmt(s[a] / n[a], binary),
+                 "–" if summary is None else f"[{_fmt(summary.lower, binary)}, {_fmt(summary.upper, binary)}]",
+                 "–" if summary is None else _fmt(summary.p_best, True),
+                 "control" if contrast is None else _fmt(contrast.relative_uplift, True),
+                 "–" if contrast is None else _fmt(contrast.p_holm),
+                 "–" if ipw is None else _fmt(ipw.naive_mean[a], binary),
+                 "–" if ipw is None else f"{_fmt(ipw.ipw_mean[a], binary)} [{_fmt(ipw.ipw_lower[a], binary)}, "
+                                         f"{_fmt(ipw.ipw_upper[a], binary)}]",
+                 _fmt(d.weights[-1, a], True)]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = ["arm", "observations", "mean", "95 % interval", "P(best)", "uplift vs control", "p (Holm)",
+            "naive mean (all hours)", "IPW mean [95 %]", "weight now"]
+    table = ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+    srm = decision.srm
+    srm_text = "" if srm is None else f" SRM p = {_fmt(srm.p_value)}."
+    verdict = (f"<p class='decision'><b>{decision.verdict.value.upper()}</b> ({decision.rule.value}): "
+               f"{html.escape(decision.reason)}{srm_text}</p>")
+    return table, verdict
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+.grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 1em; }
+.grid img { width: 100%; border: 1px solid #eee; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.decision { background: #f4f7fb; padding: 0.6em 1em; border-left: 4px solid #3b6ea5; }
+"""
+
+
+def write_report(client: Any, experiment: str, out: Path, *, database: str = "sluice", attribution_hours: float = 24.0,
+                 criteria: DecisionCriteria | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """Write the report of `experiment` to `out`; returns the path."""
+    entities = load(client, experiment, database, attribution_hours)
+    criteria = criteria or DecisionCriteria()
+    origin = min(float(d.times[0]) for d in entities)
+    binary = all(np.allclose(d.sums, d.sums_sq) and (d.sums <= d.count).all() for d in entities)
+    sections = []
+    overview = []
+    for d in entities:
+        if progress is not None:
+            progress(d.entity)
+        plots = _plots(d, origin, binary)
+        table, verdict = _statistics(d, binary, criteria)
+        images = "".join(f"<img alt='{k}' src='data:image/png;base64,{v}'>" for k, v in plots.items())
+        best = d.arms[int(np.argmax(d.weights[-1]))]
+        overview.append(f"<tr><td>{html.escape(d.entity)}</td><td>{len(d.times):,}</td><td>{html.escape(best)}</td>"
+                        f"<td>{_fmt(d.weights[-1].max(), True)}</td><td>{int(d.count[-1].sum()):,}</td></tr>")
+        sections.append(f"<h2>{html.escape(d.entity or '(no entity)')}</h2>{verdict}{table}<div class='grid'>{images}</div>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Sluice report: {html.escape(experiment)}</title>
+<style>{STYLE}</style></head><body>
+<h1>Experiment {html.escape(experiment)}</h1>
+<p>{len(entities)} entities; rewards {'binary' if binary else 'continuous'}; time axis: event time in days since the
+first table. Source: ClickHouse database <code>{html.escape(database)}</code>.</p>
+<h2>Overall</h2><table><tr><th>entity</th><th>tables</th><th>heaviest arm now</th><th>its weight</th>
+<th>observations in window</th></tr>{''.join(overview)}</table>
+{''.join(sections)}
+</body></html>"""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
