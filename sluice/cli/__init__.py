@@ -8,6 +8,7 @@ import click
 from sluice.cli.db import db
 from sluice.cli.demo import demo, simulate
 from sluice.cli.experiments import experiments
+from sluice.cli.export import export_
 from sluice.cli.report import report
 from sluice.cli.sidecar import sidecar
 from sluice.cli.sink import sink
@@ -35,3 +36,4 @@ main.add_command(experiments)
 main.add_command(worker)
 main.add_command(sidecar)
 main.add_command(report)
+main.add_command(export_)
