@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from sluice.cli.dashboards import dashboards
 from sluice.cli.db import db
 from sluice.cli.demo import demo, simulate
 from sluice.cli.experiments import experiments
@@ -37,3 +38,4 @@ main.add_command(worker)
 main.add_command(sidecar)
 main.add_command(report)
 main.add_command(export_)
+main.add_command(dashboards)
