@@ -21,6 +21,8 @@ from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
               help="Most events per processed batch.")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), envvar="SLUICE_WORKER_METRICS_PORT",
               default=9465, show_default=True, help="Prometheus /metrics port on 127.0.0.1 (0: none).")
+@click.option("--metrics-host", envvar="SLUICE_WORKER_METRICS_HOST", default="127.0.0.1", show_default=True,
+              help="Address of the /metrics listener (0.0.0.0 in a container).")
 @click.option("--web-port", type=click.IntRange(min=1, max=65535), default=None,
               help="Serve Faust's web views of the tables on this loopback port (off by default).")
 @click.option("--instance-id", envvar="SLUICE_INSTANCE_ID", default=None,
@@ -33,7 +35,7 @@ from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
 @click.option("--loglevel", default="warning", show_default=True)
 @sluice_errors
 def worker(prefix: str, store: str, data_dir: Path | None, publish_interval: float, batch_max: int,
-           metrics_port: int, web_port: int | None, instance_id: str | None, expire_interval: float,
+           metrics_port: int, metrics_host: str, web_port: int | None, instance_id: str | None, expire_interval: float,
            orphan_grace_hours: float, loglevel: str) -> None:
     """Attribute rewards to serves, keep windowed per-arm statistics and publish weight tables.
 
@@ -61,7 +63,7 @@ def worker(prefix: str, store: str, data_dir: Path | None, publish_interval: flo
     registry = CollectorRegistry()
     runner = Worker(config, registry=registry)
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
     runner.specs.start()
     click.echo(f"worker: {prefix}.serves + {prefix}.rewards -> {prefix}.weights (metrics :{metrics_port})", err=True)
     try:
