@@ -23,7 +23,7 @@ from sluice.config import project_root
 from sluice.core.allocation import Allocation
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
-from sluice.local.kafka import free_loopback_ports
+from sluice.local.kafka import free_loopback_ports, stop_pid
 
 SUITE = "sidecar"
 HELLO = '''
@@ -103,12 +103,7 @@ def _serve(args: list[str], env: dict[str, str], port: int, log: Path) -> subpro
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    stop_pid(proc.pid, timeout_s=20, process=proc)
 
 
 def run(quick: bool) -> list[Figure]:

@@ -30,7 +30,7 @@ from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, entity_key, topic_specs
 from sluice.kafka.clients import consumer_config
 from sluice.kafka.io import AvroProducer
-from sluice.local.kafka import free_loopback_ports
+from sluice.local.kafka import free_loopback_ports, stop_pid
 
 SUITE = "streams"
 ARMS = {"a": 0.03, "b": 0.05, "c": 0.08, "d": 0.12}
@@ -130,12 +130,7 @@ class _Worker:
         return sum(self.sample("sluice_stream_events_total").values())
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_pid(self.proc.pid, timeout_s=30, process=self.proc)
         self._log.close()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 from sluice.kafka.dlq import read_headers
 from sluice.kafka.io import AvroProducer, read_to_end
-from sluice.local.kafka import free_loopback_ports
+from sluice.local.kafka import free_loopback_ports, stop_pid
 from sluice.local.stack import start_kafka, stop_kafka
 from services.assignments import SidecarAssignments
 from sluice.kafka.follower import CompactedTopicFollower
@@ -78,11 +77,7 @@ class Child:
             return False
 
     def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            if not self.wait(30):
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_pid(self.proc.pid, timeout_s=30, process=self.proc)
         self._log.close()
 
 

@@ -87,3 +87,16 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def database() -> str:
     """A ClickHouse database name no other test uses."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Any]:
+    """A broker of the test's own, for tests that stop and restart it."""
+    from sluice.local.kafka import KafkaBroker
+
+    port, controller = free_ports(2)
+    broker = KafkaBroker(data_dir=tmp_path / "kafka", cache_dir=Path(os.environ.get("SLUICE_CACHE", project_root() / ".cache")),
+                         port=port, controller_port=controller)
+    broker.start()
+    yield broker
+    broker.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from sluice.core.allocation import Allocation
 from sluice.core.spec import ExperimentSpec
 from sluice.kafka.clients import entity_key
 from sluice.kafka.io import AvroProducer
-from sluice.local.kafka import free_loopback_ports
+from sluice.local.kafka import free_loopback_ports, stop_pid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,11 +81,5 @@ class Sidecar:
             return status, text.decode()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_pid(self.proc.pid, timeout_s=20, process=self.proc)
         self._log.close()

@@ -24,6 +24,7 @@ import numpy as np
 from sluice.core.spec import ExperimentSpec, spec_from_mapping
 from sluice.kafka.clients import entity_key
 from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.local.kafka import stop_pid
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -202,11 +203,5 @@ class WorkerProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_pid(self.proc.pid, timeout_s=30, process=self.proc)
         self._log.close()

@@ -3,31 +3,17 @@ them arrive, in order per key, none twice."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import pytest
 
 from sluice.client.delivery import DurableDelivery
-from sluice.config import project_root
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 from sluice.kafka.io import read_to_end
 from sluice.local.kafka import KafkaBroker
-from tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> KafkaBroker:
-    """A broker of this test's own, since the test stops and restarts it."""
-    port, controller = free_ports(2)
-    broker = KafkaBroker(data_dir=tmp_path / "kafka", cache_dir=Path(os.environ.get("SLUICE_CACHE", project_root() / ".cache")),
-                         port=port, controller_port=controller)
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def test_records_logged_while_the_broker_is_down_arrive_once_it_is_back(own_broker: KafkaBroker, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ answers while the broker is down (spill, snapshot)."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,8 +18,6 @@ from sluice.core.allocation import Allocation
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 from sluice.kafka.io import read_to_end
-from sluice.local.kafka import KafkaBroker
-from tests.conftest import free_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sidecar_support import Sidecar, publish_table  # noqa: E402
@@ -144,16 +141,6 @@ def test_bad_requests_get_a_4xx_naming_the_problem(setup, path, raw, status, wor
     check_schema("Error", body)
     assert words in body["error"], body
     assert sidecar.request("GET", "/healthz") == (200, {"status": "ok"})  # still serving
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path):
-    port, controller = free_ports(2)
-    broker = KafkaBroker(data_dir=tmp_path / "kafka", cache_dir=Path(os.environ.get("SLUICE_CACHE", project_root() / ".cache")),
-                         port=port, controller_port=controller)
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def test_with_the_broker_down_every_request_is_answered_and_no_serve_is_lost(own_broker, serde, tmp_path) -> None:
