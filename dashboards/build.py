@@ -71,10 +71,11 @@ ATTRIBUTED = f"""
 def overview() -> dict[str, Any]:
     panels = [
         sql_panel("Traffic split: serves per arm", f"""
-SELECT $__timeInterval(timestamp) AS time, arm, count() AS serves
-FROM {DB}.serves
-WHERE {SCOPE} AND $__timeFilter(timestamp)
-GROUP BY time, arm ORDER BY time""", "timeseries", ["time", "arm", "serves"], x=0, y=0),
+SELECT $__timeInterval(hour) AS time, arm, sum(serves) AS serves
+FROM {DB}.serves_hourly
+WHERE {SCOPE} AND $__timeFilter(hour)
+GROUP BY time, arm ORDER BY time""", "timeseries", ["time", "arm", "serves"], x=0, y=0,
+                  description="From the hourly materialized view serves_hourly."),
         sql_panel("Weights of the published tables", f"""
 SELECT window_end AS time, arm, weight
 FROM {DB}.weights

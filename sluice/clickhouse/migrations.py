@@ -36,7 +36,8 @@ _KAFKA_LINEAGE = """
 _DEDUP = "SETTINGS non_replicated_deduplication_window = 10000"
 
 # Tables whose rows expire after the configured TTL, and the column it counts from.
-TTL_TABLES = {"serves": "timestamp", "rewards": "timestamp", "weights": "computed_at", "alerts": "timestamp", "decisions": "timestamp"}
+TTL_TABLES = {"serves": "timestamp", "rewards": "timestamp", "weights": "computed_at", "alerts": "timestamp", "decisions": "timestamp",
+              "serves_hourly": "hour", "rewards_hourly": "hour"}
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, weight tables, alerts and decisions", (
@@ -123,6 +124,51 @@ ORDER BY (experiment_id, timestamp)
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (experiment_id, timestamp)
 """ + _DEDUP,
+    )),
+    Migration(2, "hourly per-arm aggregates (materialized views) and attributed outcomes", (
+        # Serves per (experiment, entity, arm, event hour): fast traffic panels.
+        """CREATE TABLE IF NOT EXISTS {db}.serves_hourly (
+    experiment_id LowCardinality(String),
+    entity LowCardinality(String),
+    arm LowCardinality(String),
+    hour DateTime('UTC'),
+    serves UInt64,
+    in_experiment UInt64,
+    propensity_sum Float64
+) ENGINE = SummingMergeTree
+ORDER BY (experiment_id, entity, arm, hour)""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.serves_hourly_mv TO {db}.serves_hourly AS
+SELECT experiment_id, entity, arm, toStartOfHour(timestamp) AS hour, count() AS serves,
+       countIf(in_experiment) AS in_experiment, sum(propensity) AS propensity_sum
+FROM {db}.serves GROUP BY experiment_id, entity, arm, hour""",
+        # Rewards per (experiment, entity, reward name, event hour), with health figures.
+        """CREATE TABLE IF NOT EXISTS {db}.rewards_hourly (
+    experiment_id LowCardinality(String),
+    entity LowCardinality(String),
+    name LowCardinality(String),
+    hour DateTime('UTC'),
+    rewards UInt64,
+    value_sum Float64,
+    errors UInt64,
+    error_reports UInt64,
+    latency_ms_sum Float64,
+    latency_reports UInt64
+) ENGINE = SummingMergeTree
+ORDER BY (experiment_id, entity, name, hour)""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rewards_hourly_mv TO {db}.rewards_hourly AS
+SELECT experiment_id, entity, name, toStartOfHour(timestamp) AS hour, count() AS rewards, sum(value) AS value_sum,
+       countIf(error = true) AS errors, countIf(error IS NOT NULL) AS error_reports,
+       sum(ifNull(latency_ms, 0)) AS latency_ms_sum, countIf(latency_ms IS NOT NULL) AS latency_reports
+FROM {db}.rewards GROUP BY experiment_id, entity, name, hour""",
+        # Attributed outcomes: every reward with the serve it belongs to (arm, propensity,
+        # table version) and its delay; rewards whose serve never landed are left out.
+        """CREATE VIEW IF NOT EXISTS {db}.attributed AS
+SELECT r.event_id AS reward_event_id, r.serve_id AS serve_id, r.experiment_id AS experiment_id, r.entity AS entity,
+       s.arm AS arm, s.in_experiment AS in_experiment, s.propensity AS propensity,
+       s.weights_version AS weights_version, r.name AS name, r.value AS value,
+       s.timestamp AS served_at, r.timestamp AS rewarded_at,
+       dateDiff('millisecond', s.timestamp, r.timestamp) AS delay_ms
+FROM {db}.rewards AS r INNER JOIN {db}.serves AS s ON s.serve_id = r.serve_id""",
     )),
 )
 

@@ -33,6 +33,16 @@ def test_migrations_apply_twice_and_rows_come_back(clickhouse: Any, database: st
         f"FROM {database}.serves AS s INNER JOIN {database}.rewards AS r USING serve_id").result_rows
     assert row == [("model-b", 0.25, NOW_MS + 123, "home", 1.0)]
 
+    # The hourly materialized views and the attributed view follow the inserts.
+    hourly = clickhouse.query(f"SELECT arm, sum(serves), sum(in_experiment), sum(propensity_sum) "
+                              f"FROM {database}.serves_hourly GROUP BY arm").result_rows
+    assert hourly == [("model-b", 1, 1, 0.25)]
+    rewards = clickhouse.query(f"SELECT name, sum(rewards), sum(value_sum) FROM {database}.rewards_hourly "
+                               f"GROUP BY name").result_rows
+    assert rewards == [("click", 1, 1.0)]
+    attributed = clickhouse.query(f"SELECT serve_id, arm, propensity, delay_ms FROM {database}.attributed").result_rows
+    assert attributed == [("s1", "model-b", 0.25, 877)]
+
 
 def test_ttl_follows_the_configuration_on_every_migrate(clickhouse: Any, database: str) -> None:
     migrate(clickhouse, database=database, ttl_days=90)
