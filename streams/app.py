@@ -39,11 +39,8 @@ from sluice.kafka.follower import CompactedTopicFollower
 from sluice.kafka.topics import TopicNames
 from sluice.metrics import StreamMetrics
 from streams.processor import REWARDS_TOPIC, SERVES_TOPIC, InputEvent, Processor
-from streams.publisher import mark_published, next_weight_table
-from streams.state import (
-    experiment_of,
-    partition_of,
-)
+from streams.publisher import decision_record, mark_published, next_weight_table
+from streams.state import EntityState, experiment_of, partition_of
 
 log = logging.getLogger(__name__)
 REJECTED_BY = "sluice-worker"
@@ -60,6 +57,7 @@ class WorkerConfig:
     store: str = "memory://"  # or "rocksdb://" (RocksDB via rocksdict) for production
     data_dir: Path = Path(".data/worker")
     publish_interval_s: float = 1.0
+    decision_interval_s: float = 30.0  # how often a changed (experiment, entity) is judged
     expire_interval_s: float = 30.0
     batch_max: int = 5_000
     batch_within_s: float = 0.2
@@ -135,6 +133,7 @@ class Worker:
         self.metrics = StreamMetrics.create(registry or CollectorRegistry())
         self.dirty: set[bytes] = set()
         self._rebuild = True  # fold the owned deltas into memory after start and every rebalance
+        self._judged: dict[bytes, float] = {}  # routing -> monotonic time of its latest decision
         self._spec_versions: dict[str, tuple[int, str]] = {}
         self.app = self._build_app()
 
@@ -171,6 +170,7 @@ class Worker:
         inputs = app.topic(self.names.serves, self.names.rewards, key_serializer="raw", value_serializer="raw")
         self.dlq = app.topic(self.names.dlq, key_serializer="raw", value_serializer="raw")
         self.weights = app.topic(self.names.weights, key_serializer="raw", value_serializer="raw")
+        self.decisions = app.topic(self.names.decisions, key_serializer="raw", value_serializer="raw")
         self.processor = Processor(self.serde, self.specs.get, self.table, now_ms=lambda: int(time.time() * 1000),
                                    max_future_ms=c.max_future_ms, orphan_grace_ms=c.orphan_grace_ms)
 
@@ -277,8 +277,33 @@ class Worker:
                 self.metrics.guardrail_actions.labels(exp, rule).inc()
             if publication.srm_p_value is not None:
                 self.metrics.srm_p_value.labels(exp, record["entity"]).set(publication.srm_p_value)
+            await self._judge(routing, state)
             if state.newest_input_ms:
                 self.metrics.freshness.observe(max(0.0, sent_at - state.newest_input_ms / 1000))
+
+    async def _judge(self, routing: bytes, state: EntityState) -> None:
+        """Every `decision_interval_s` at most: decide ship / iterate / kill / continue for
+        this (experiment, entity), and publish the Decision when it differs from the last."""
+        now = time.monotonic()
+        if now - self._judged.get(routing, -1e9) < self.config.decision_interval_s:
+            return
+        self._judged[routing] = now
+        spec = self.specs.get(experiment_of(routing))
+        if spec is None:
+            return
+        try:
+            record = decision_record(state, spec, routing, int(time.time() * 1000))
+        except ValueError as exc:  # statistics the decision rules cannot work with yet
+            log.info("no decision for %r: %s", routing, exc)
+            return
+        if record is None:
+            return
+        summary = f"{record['verdict']}/{record['rule']}/{record['winner']}"
+        if summary == state.decision:
+            return
+        await self.decisions.send(key=spec.id.encode(), value=self.serde.encode("Decision", record))
+        state.decision = summary
+        self.processor.save(routing)
 
     async def _update_lag(self) -> None:
         lag = {SERVES_TOPIC: 0, REWARDS_TOPIC: 0}

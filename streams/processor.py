@@ -296,6 +296,7 @@ class Processor:
         rec.serve_ms, rec.arm, rec.serve_offset = record["timestamp"], state.arm_index(record["arm"]), event.offset
         rec.flags = IN_EXPERIMENT if record["in_experiment"] else 0
         state.max_event_ms = max(state.max_event_ms, rec.serve_ms)
+        state.first_event_ms = min(state.first_event_ms or rec.serve_ms, rec.serve_ms)
         pending, rec.pending = rec.pending, []
         result.applied[SERVES_TOPIC] += 1
         if not self._in_window(state, spec, rec.serve_ms):

@@ -20,11 +20,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sluice.core.allocation import Allocation
+from sluice.core.decisions import decide
+from sluice.core.stats.comparison import ArmData
 from sluice.core.guardrails import apply_guardrails
 from sluice.core.policies import PolicyContext, policy_probabilities
 from sluice.core.spec import ExperimentSpec
 from sluice.core.stats.significance import srm_test
-from sluice.core.sufficient import ArmStatistics, window_hours
+from sluice.core.sufficient import DAY_MS, ArmStatistics, window_hours
 from streams.state import COUNT, FIELDS, SERVES, SUM, SUM_SQ, EntityState, entity_of
 
 
@@ -105,3 +107,33 @@ def mark_published(state: EntityState, publication: Publication) -> None:
     state.allocation = publication.allocation.to_lists()
     state.num_buckets = publication.allocation.num_buckets
     state.published_changes = state.changes
+
+
+def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int) -> dict[str, Any] | None:
+    """The Decision record for the window of `state` (`sluice.core.decisions.decide` with
+    the spec's criteria, the default arm as control, the published weights in force), or
+    None while fewer than two live arms exist."""
+    arms = list(spec.arm_names)
+    if len(arms) < 2:
+        return None
+    totals = window_totals(state, spec.window_ms)
+    live = [state.arms.index(a) for a in arms]
+    n, s, ss = totals[live, COUNT], totals[live, SUM], totals[live, SUM_SQ]
+    data = ArmData.binary(n, s, arms) if spec.reward.type == "binary" else ArmData.continuous(n, s, ss, arms)
+    weights = None
+    if state.allocation is not None:
+        counts = Allocation.from_ranges(state.allocation, state.num_buckets).counts
+        weights = counts[live] / max(1, counts[live].sum())
+    span_days = max(0.0, (state.max_event_ms - state.first_event_ms) / DAY_MS)
+    decision = decide(data, spec.criteria, days_in_window=min(spec.window_days, span_days), days_running=span_days,
+                      control=arms.index(spec.default_arm), current_weights=weights)
+    return {
+        "event_id": str(uuid.uuid4()), "experiment_id": spec.id, "entity": entity_of(routing) or None,
+        "verdict": decision.verdict.value.upper(), "winner": decision.winner, "rule": decision.rule.value,
+        "reason": decision.reason,
+        "arm_actions": [{"arm": a.name, "action": a.action.value.upper(), "reason": a.reason} for a in decision.arms],
+        "statistics": [{"arm": a, "serves": int(totals[i, SERVES]), "count": int(totals[i, COUNT]),
+                        "sum": float(totals[i, SUM]), "sum_squares": float(totals[i, SUM_SQ])}
+                       for a, i in zip(arms, live)],
+        "timestamp": now_ms,
+    }

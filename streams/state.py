@@ -80,6 +80,7 @@ class EntityState:
     arms: list[str] = field(default_factory=list)
     hours: dict[int, list[float]] = field(default_factory=dict)
     max_event_ms: int = 0
+    first_event_ms: int = 0  # the oldest event time seen: how long the experiment has run here
     serve_offset: int = -1  # statistics include serves up to this input offset
     reward_offset: int = -1  # ... and rewards up to this one
     newest_input_ms: int = 0  # Kafka timestamp of the newest input applied (freshness)
@@ -87,6 +88,7 @@ class EntityState:
     published_changes: int = 0  # `changes` as of the latest publication
     delta_seq: int = 0  # sequence number of the newest delta of serve records
     version: int = 0  # latest published weight-table version
+    decision: str = ""  # verdict/rule/winner of the latest published decision
     allocation: list[list[list[int]]] | None = None  # its bucket ranges, per arm of `arms`
     num_buckets: int = 0
 
@@ -112,10 +114,10 @@ class EntityState:
     def to_bytes(self) -> bytes:
         return orjson.dumps({
             "arms": self.arms, "hours": {str(h): r for h, r in self.hours.items()},
-            "max_event_ms": self.max_event_ms, "serve_offset": self.serve_offset,
+            "max_event_ms": self.max_event_ms, "first_event_ms": self.first_event_ms, "serve_offset": self.serve_offset,
             "reward_offset": self.reward_offset, "newest_input_ms": self.newest_input_ms,
             "changes": self.changes, "published_changes": self.published_changes, "delta_seq": self.delta_seq,
-            "version": self.version,
+            "version": self.version, "decision": self.decision,
             "allocation": self.allocation, "num_buckets": self.num_buckets,
         })
 

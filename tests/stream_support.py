@@ -139,10 +139,13 @@ def table_statistics(table: dict[str, Any]) -> dict[str, tuple]:
 
 def wait_for_statistics(bootstrap: str, prefix: str, serde: Any, expected: dict, timeout_s: float = 90.0) -> dict:
     """Poll the weights topic until every key's latest table carries `expected`; returns
-    the tables, or fails showing the difference."""
+    the tables, or fails showing the difference (at once if a worker died)."""
     deadline = time.monotonic() + timeout_s
     got: dict = {}
     while time.monotonic() < deadline:
+        for worker in WorkerProcess.running:
+            if worker.proc.poll() is not None and not worker.killed:
+                raise AssertionError(f"worker exited with {worker.proc.returncode}; log {worker.log_path}")
         tables = latest_tables(bootstrap, prefix, serde)
         got = {k: table_statistics(t) for k, t in tables.items()}
         if got == expected:
@@ -154,6 +157,8 @@ def wait_for_statistics(bootstrap: str, prefix: str, serde: Any, expected: dict,
 class WorkerProcess:
     """`sluice worker` as a child process (so a test can SIGKILL it), stopped by pid."""
 
+    running: list[WorkerProcess] = []  # started and not stopped: watched while a test waits
+
     def __init__(self, bootstrap: str, prefix: str, log_path: Path, *, metrics_port: int,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.metrics_port = metrics_port
@@ -162,7 +167,9 @@ class WorkerProcess:
         cmd = [sys.executable, "-m", "sluice.cli", "worker", "--prefix", prefix, "--publish-interval", "0.2",
                "--metrics-port", str(metrics_port), *extra_args]
         self._log = open(log_path, "ab")
+        self.killed = False
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        WorkerProcess.running.append(self)
 
     def metric(self, name: str, **labels: str) -> float:
         """Current value of one sample on the worker's /metrics (0 if absent)."""
@@ -199,9 +206,12 @@ class WorkerProcess:
         raise AssertionError(f"{name}{labels} stayed {last}, expected {want}; log {self.log_path}")
 
     def kill(self) -> None:
+        self.killed = True
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self) -> None:
         stop_pid(self.proc.pid, timeout_s=30, process=self.proc)
         self._log.close()
+        if self in WorkerProcess.running:
+            WorkerProcess.running.remove(self)

@@ -60,6 +60,7 @@ def worker(prefix: str, store: str, data_dir: Path | None, publish_interval: flo
         batch_max=batch_max, web_port=web_port, instance_id=instance_id, expire_interval_s=expire_interval,
         orphan_grace_ms=round(orphan_grace_hours * 3_600_000),
     )
+    config.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     registry = CollectorRegistry()
     runner = Worker(config, registry=registry)
     if metrics_port:

@@ -81,6 +81,9 @@ def test_weights_move_to_the_best_arm_and_statistics_equal_a_recomputation(strea
         assert table["version"] >= 1 and "thompson" in table["reason"]
     assert worker.metric("sluice_stream_events_total", topic="serves") == 6_000
     assert worker.metric("sluice_weights_freshness_seconds_count") >= 3
+    decisions = [serde.decode(m.value, "Decision").record for m in read_to_end(stream.bootstrap, [f"{stream.prefix}.decisions.v1"])]
+    assert {d["entity"] for d in decisions} == {"site-1", "site-2", "site-3"}
+    assert all(d["verdict"] in ("CONTINUE", "SHIP", "ITERATE", "KILL") and d["reason"] for d in decisions)
 
 
 def test_sigkill_mid_stream_loses_and_double_counts_nothing(stream, serde) -> None:

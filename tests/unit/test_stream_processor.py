@@ -315,3 +315,23 @@ def test_a_removed_arm_loses_its_buckets(serde, spec) -> None:
     publication = next_weight_table(state, fewer, b"e1\x1fx", NOW)
     assert publication.weights["b"] == 0 and publication.weights["d"] > 0
     assert set(publication.weights) == {"a", "b", "c", "d"}
+
+
+def test_a_decision_is_made_from_the_window_and_names_its_rule(serde) -> None:
+    from streams.publisher import decision_record
+
+    spec = bandit_spec("e1", ["a", "b", "c"], criteria={"sequential": False})
+    traffic = Traffic()
+    traffic.bandit("e1", ["x"], {"a": 0.05, "b": 0.05, "c": 0.3}, 6000, NOW - 9 * DAY_MS, np.random.default_rng(8),
+                   spacing_ms=125_000)
+    processor, _ = make(serde, {"e1": spec})
+    processor.process(to_inputs(traffic, serde))
+    state = processor.states[b"e1\x1fx"]
+    record = decision_record(state, spec, b"e1\x1fx", NOW)
+    assert record["verdict"] == "SHIP" and record["winner"] == "c", record["reason"]
+    assert {a["arm"] for a in record["arm_actions"]} == {"a", "b", "c"}
+    young = Traffic()
+    young.bandit("e1", ["y"], {"a": 0.05, "b": 0.05, "c": 0.3}, 50, NOW - HOUR_MS, np.random.default_rng(9))
+    processor.process(to_inputs(young, serde, {"serves": 10_000, "rewards": 10_000}))
+    early = decision_record(processor.states[b"e1\x1fy"], spec, b"e1\x1fy", NOW)
+    assert early["verdict"] == "CONTINUE" and early["rule"] == "minimum_data"
