@@ -41,10 +41,13 @@ class StreamMetrics:
     batch_size: Histogram
     srm_p_value: Gauge
     guardrail_actions: Counter
+    partitions: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> StreamMetrics:
         return cls(
+            partitions=Gauge("sluice_stream_assigned_partitions", "Input partitions (of the serves topic) this worker "
+                             "owns now.", registry=registry),
             srm_p_value=Gauge("sluice_srm_p_value", "Sample-ratio-mismatch p-value of the window's serves against the "
                               "weights (static-weight experiments).", ["experiment", "entity"], registry=registry),
             guardrail_actions=Counter("sluice_guardrail_actions_total", "Publications in which a guardrail changed the "

@@ -239,6 +239,7 @@ class Worker:
             return
         self._sync()
         active = self._active_partitions()
+        self.metrics.partitions.set(len(active))
         self._note_spec_changes()
         publications = []
         now_ms = int(time.time() * 1000)

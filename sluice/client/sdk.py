@@ -105,6 +105,9 @@ class SluiceClient:
                  serde: SingleObjectSerde | None = None) -> None:
         self.names = TopicNames(prefix)
         self.serde = serde or SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+        # Serve events are built here, field by field: skip the schema validation pass on
+        # the assignment path (the writer still refuses a value that does not fit).
+        self._serve_serde = SingleObjectSerde(self.serde.schemas, validate_on_encode=False)
         self.delivery = delivery
         self.state_dir = Path(state_dir)
         self.specs: dict[str, ExperimentSpec] = {}
@@ -220,7 +223,7 @@ class SluiceClient:
             "timestamp": served.timestamp_ms, "context": dict(context or {}),
         }
         self.delivery.log(self.names.serves, entity_key(served.experiment, served.entity),
-                          self.serde.encode("ServeEvent", record))
+                          self._serve_serde.encode("ServeEvent", record))
 
     def log_reward(self, serve: Served | str, value: float, *, experiment: str | None = None,
                    entity: str | None = None, name: str | None = None, timestamp_ms: int | None = None,

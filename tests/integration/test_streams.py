@@ -103,6 +103,16 @@ def test_sigkill_mid_stream_loses_and_double_counts_nothing(stream, serde) -> No
 
 def test_two_workers_give_the_results_of_one(stream, serde) -> None:
     first, second = stream.start("w1"), stream.start("w2")
+    deadline = time.monotonic() + 60
+    while True:  # both in the group and the 4 partitions split between them, before any traffic
+        owned = []
+        for worker in (first, second):
+            worker.wait_metric_above("sluice_stream_assigned_partitions", 0)
+            owned.append(worker.metric("sluice_stream_assigned_partitions"))
+        if sum(owned) == 4:
+            break
+        assert time.monotonic() < deadline, f"partitions owned: {owned}"
+        time.sleep(0.2)
     traffic = traffic_for([f"site-{i}" for i in range(8)], 600, seed=3)
     traffic.produce(stream.bootstrap, stream.prefix, serde)
     wait_for_statistics(stream.bootstrap, stream.prefix, serde, expected_statistics(traffic, stream.specs))
