@@ -173,7 +173,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         if not _caught_up(bootstrap, f"{names.prefix}-clickhouse-sink", [names.serves, names.rewards], 120):
             raise RuntimeError(f"the sink did not catch up within 120 s; see {sink.log_path}")
         sink.stop()
-        summary = _summary(bootstrap, names, home, tally, scenario, serde)
+        summary = _summary(bootstrap, names, home, tally, scenario, specs, serde)
         _print_summary(console, summary)
         if options.summary_json is not None:
             options.summary_json.write_text(json.dumps(summary, indent=2))
@@ -240,7 +240,8 @@ def _caught_up(bootstrap: str, group: str, topics: list[str], timeout_s: float) 
         consumer.close()
 
 
-def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenario: Scenario, serde: Any) -> dict[str, Any]:
+def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenario: Scenario, specs: dict[str, Any],
+             serde: Any) -> dict[str, Any]:
     from sluice.clickhouse import connect
 
     client = connect(path=home / "clickhouse")
@@ -264,7 +265,7 @@ def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenar
         "rewards": sum(tally.rewards.values()) + tally.malformed["invalid_value"],
     }
     return {
-        "chosen": describe(tally, scenario),
+        "chosen": describe(tally, scenario, specs),
         "final_weights": {f"{e}/{n}": {a["arm"]: a["weight"] for a in t["arms"]} for (e, n), t in sorted(tables.items())},
         "regret": {exp: {"policy": tally.regret[exp], "equal_split": tally.regret_equal_split[exp]} for exp in tally.regret},
         "produced": produced,
@@ -279,7 +280,8 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     for col in ("experiment / entity", "chosen", "share", "truly best", "right?"):
         t.add_column(col)
     for key, row in s["chosen"].items():
-        t.add_row(key, row["chosen"], f"{row['share']:.0%}", row["best"], "yes" if row["chosen"] == row["best"] else "no")
+        right = "n/a" if row["static"] else "yes" if row["chosen"] == row["best"] else "no"
+        t.add_row(key, row["chosen"], "" if row["static"] else f"{row['share']:.0%}", row["best"], right)
     console.print(t)
     r = Table(title="expected regret (clicks lost against always serving the best arm)")
     for col in ("experiment", "this policy", "equal-split A/B", "saved"):

@@ -206,11 +206,14 @@ def load_specs(paths: list[Path]) -> dict[str, ExperimentSpec]:
     return specs
 
 
-def describe(tally: Tally, scenario: Scenario) -> dict[str, Any]:
-    """Chosen arm per entity (most served over the last simulated day) against the truth."""
+def describe(tally: Tally, scenario: Scenario, specs: Mapping[str, ExperimentSpec]) -> dict[str, Any]:
+    """Chosen arm per entity (most served over the last simulated day) against the truth;
+    a static split chooses nothing by design (its decision comes from the statistics)."""
     out = {}
     for (exp, entity), counts in sorted(tally.last_arm_counts.items()):
         chosen = counts.most_common(1)[0][0]
-        truth = scenario.best(exp, entity, 1.0)
-        out[f"{exp}/{entity}"] = {"chosen": chosen, "share": counts[chosen] / sum(counts.values()), "best": truth}
+        static = specs[exp].policy.name == "static"
+        out[f"{exp}/{entity}"] = {"chosen": "(static split)" if static else chosen,
+                                  "share": counts[chosen] / sum(counts.values()),
+                                  "best": scenario.best(exp, entity, 1.0), "static": static}
     return out
