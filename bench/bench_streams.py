@@ -110,7 +110,7 @@ class _Worker:
     def __init__(self, bootstrap: str, prefix: str, log: Path) -> None:
         (self.port,) = free_loopback_ports(1)
         self._log = open(log, "wb")
-        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
+        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(log.parent / "home")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.cli", "worker", "--prefix", prefix, "--metrics-port", str(self.port),
              "--batch-max", str(BATCH)], env=env, cwd=project_root(), stdout=self._log, stderr=subprocess.STDOUT)

@@ -163,7 +163,8 @@ class WorkerProcess:
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.metrics_port = metrics_port
         self.log_path = log_path
-        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}
+        # The worker's data directory goes under the test's temporary directory, not .data/.
+        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(log_path.parent / "home"), **(env or {})}
         cmd = [sys.executable, "-m", "sluice.cli", "worker", "--prefix", prefix, "--publish-interval", "0.2",
                "--metrics-port", str(metrics_port), *extra_args]
         self._log = open(log_path, "ab")
