@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,6 +58,10 @@ class Scenario:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or "rates" not in data:
             raise ScenarioError(f"{path}: a scenario needs `rates: {{experiment: {{entity: {{arm: rate}}}}}}`")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScenarioError(f"{path}: unknown field(s) {unknown}; a scenario has {sorted(known)}")
         scenario = cls(**data)
         scenario.check(specs)
         return scenario

@@ -161,10 +161,10 @@ class Worker:
         )
         self.table = app.tables.add(RoutedTable(  # bytes in and out: the "raw" codec, no JSON
             app, name="state", beacon=app.tables.beacon, partitions=c.partitions, key_type=bytes, value_type=bytes,
-            help="Per (experiment, entity) statistics and per serve attribution state.",
+            help="Per (experiment, entity) deltas: statistics, input offsets and the serve records a batch changed.",
         ))
-        # Each table write queues one changelog message; let a whole batch queue before
-        # Faust's producer buffer throttles the stream.
+        # A batch writes one delta per (experiment, entity) it touched; let them all queue
+        # before Faust's producer buffer throttles the stream.
         app.producer.buffer.max_messages = 4 * c.batch_max
         self.kind_of = {self.names.serves: SERVES_TOPIC, self.names.rewards: REWARDS_TOPIC}
         inputs = app.topic(self.names.serves, self.names.rewards, key_serializer="raw", value_serializer="raw")

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sluice.client.sdk import AssignmentRequestError, SluiceClient
+from sluice.client.sdk import AssignmentRequestError, SluiceClient, UnknownNameError
 from sluice.metrics import DeliveryCollector, SidecarMetrics
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,16 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, re
             raise BadRequest(400, f"field '{where}{name}' is required")
         return None
     value = body[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise BadRequest(400, f"field '{where}{name}' must be {names}, not {type(value).__name__}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false are Python bools, which are ints too: accept them only where bool is asked for.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise BadRequest(400, f"field '{where}{name}' must be {' or '.join(k.__name__ for k in kinds)}, "
+                              f"not {type(value).__name__}")
     return value
+
+
+def _status(exc: AssignmentRequestError) -> int:
+    return 404 if isinstance(exc, UnknownNameError) else 400
 
 
 def _context(body: dict[str, Any], where: str = "") -> dict[str, str] | None:
@@ -156,7 +162,7 @@ class SidecarApp:
             return self.client.assign(experiment, unit_id, entity, _context(req, where),
                                       timestamp_ms=timestamp).to_json()
         except AssignmentRequestError as exc:
-            raise BadRequest(404 if "unknown experiment" in str(exc) else 400, f"{where}{exc}") from None
+            raise BadRequest(_status(exc), f"{where}{exc}") from None
 
     def assign(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._assign_one(req)
@@ -178,7 +184,7 @@ class SidecarApp:
             value = self.client.get(name, unit_id, entity, _context(req), experiment=experiment,
                                     timestamp_ms=_field(req, "timestamp_ms", int, required=False))
         except AssignmentRequestError as exc:
-            raise BadRequest(404 if "no running experiment" in str(exc) else 400, str(exc)) from None
+            raise BadRequest(_status(exc), str(exc)) from None
         return {"name": name, "value": value.value, "assignment": value.assignment.to_json()}
 
     def reward(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -191,5 +197,5 @@ class SidecarApp:
                 latency_ms=_field(req, "latency_ms", (int, float), required=False),
                 error=_field(req, "error", bool, required=False))
         except AssignmentRequestError as exc:
-            raise BadRequest(404, str(exc)) from None
+            raise BadRequest(_status(exc), str(exc)) from None
         return {"event_id": event_id}

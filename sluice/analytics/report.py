@@ -75,15 +75,17 @@ def load(client: Any, experiment: str, database: str = "sluice", attribution_hou
     out = []
     for entity in sorted({r[0] for r in tables}):
         rows = [r for r in tables if r[0] == entity]
-        arms = sorted({r[4] for r in rows}, key=lambda a: min(i for i, r in enumerate(rows) if r[4] == a))
+        arms = list(dict.fromkeys(r[4] for r in rows))  # in order of first appearance
         versions = sorted({r[1] for r in rows})
         vi, ai = {v: i for i, v in enumerate(versions)}, {a: i for i, a in enumerate(arms)}
         shape = (len(versions), len(arms))
-        times, weights, count, sums, sums_sq = np.zeros(len(versions)), *(np.zeros(shape) for _ in range(4))
-        spans = []
+        times = np.zeros(len(versions))
+        weights, count, sums, sums_sq = (np.zeros(shape) for _ in range(4))
+        longest_window_ms = 0
         for _, version, end, start, arm, weight, n, s, ss in rows:
             t, a = vi[version], ai[arm]
-            times[t], spans = end, spans + [end - start]
+            times[t] = end
+            longest_window_ms = max(longest_window_ms, end - start)
             weights[t, a], count[t, a], sums[t, a], sums_sq[t, a] = weight, n, s, ss
         hours = sorted({r[1] for r in hourly if r[0] == entity})
         hi = {h: i for i, h in enumerate(hours)}
@@ -91,7 +93,7 @@ def load(client: Any, experiment: str, database: str = "sluice", attribution_hou
         for e, h, arm, n, s, ss in hourly:
             if e == entity and arm in ai:
                 hs["serves"][hi[h], ai[arm]], hs["sums"][hi[h], ai[arm]], hs["sums_sq"][hi[h], ai[arm]] = n, s or 0, ss or 0
-        out.append(EntityData(entity, arms, times, weights, count, sums, sums_sq, max(spans) / DAY_MS,
+        out.append(EntityData(entity, arms, times, weights, count, sums, sums_sq, longest_window_ms / DAY_MS,
                               {"hours": np.asarray(hours, dtype=float) * 1000, **hs}))
     return out
 

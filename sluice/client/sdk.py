@@ -41,7 +41,11 @@ from sluice.kafka.topics import TopicNames
 
 
 class AssignmentRequestError(SluiceError):
-    """A request the client cannot answer: unknown experiment or parameter, missing entity."""
+    """A request the client cannot answer: a missing or malformed field."""
+
+
+class UnknownNameError(AssignmentRequestError):
+    """A request naming an experiment or parameter that no live spec has."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ class SluiceClient:
         spec = self.specs.get(experiment)
         if spec is None:
             known = ", ".join(sorted(self.specs)) or "none"
-            raise AssignmentRequestError(f"unknown experiment {experiment!r} (known: {known})")
+            raise UnknownNameError(f"unknown experiment {experiment!r} (known: {known})")
         if not isinstance(unit_id, str) or not unit_id:
             raise AssignmentRequestError("unit_id must be a non-empty string")
         if spec.entity is not None and not entity:
@@ -204,7 +208,7 @@ class SluiceClient:
         if experiment is not None:
             owners = [experiment] if experiment in self._params.get(parameter, []) else []
         if not owners:
-            raise AssignmentRequestError(f"no running experiment sets parameter {parameter!r}")
+            raise UnknownNameError(f"no running experiment sets parameter {parameter!r}")
         if len(owners) > 1:
             raise AssignmentRequestError(f"parameter {parameter!r} is set by several experiments {owners}; "
                                          f"name one with experiment=")
@@ -238,7 +242,7 @@ class SluiceClient:
             raise AssignmentRequestError("a reward needs its serve's experiment (and entity, if any)")
         spec = self.specs.get(experiment)
         if spec is None:
-            raise AssignmentRequestError(f"unknown experiment {experiment!r}")
+            raise UnknownNameError(f"unknown experiment {experiment!r}")
         event_id = str(uuid.uuid4())
         record = {"event_id": event_id, "serve_id": serve_id, "experiment_id": experiment, "entity": entity or "",
                   "name": name or spec.reward.name, "value": float(value),
