@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from sluice.core.errors import CoreInputError
+
 DEFAULT_NUM_BUCKETS = 10_000
 MAX_NUM_BUCKETS = 2**31 - 1  # the Avro schemas carry buckets as int
 
@@ -28,7 +30,7 @@ BucketRange = tuple[int, int]
 """A half-open range `[start, end)` of bucket indices."""
 
 
-class AllocationError(ValueError):
+class AllocationError(CoreInputError):
     """An allocation or a weight vector that cannot describe a bucket split."""
 
 

@@ -39,11 +39,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sluice.core.allocation import DEFAULT_NUM_BUCKETS, Allocation, check_num_buckets
+from sluice.core.errors import CoreInputError
 
 _sha1 = hashlib.sha1
 
 
-class AssignmentError(ValueError):
+class AssignmentError(CoreInputError):
     """Inputs that cannot be assigned: a bad unit id, salt, fraction, layer or arm."""
 
 

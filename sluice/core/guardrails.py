@@ -38,6 +38,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sluice.core.allocation import DEFAULT_NUM_BUCKETS, Allocation, check_num_buckets, quantize_weights, reallocate
+from sluice.core.errors import CoreInputError
 
 Rule = Literal["warmup", "kill", "pin", "renormalise", "floor", "cap", "max_step", "quantize"]
 Constraint = Literal["pins", "floor", "cap", "max_step"]
@@ -45,7 +46,7 @@ Constraint = Literal["pins", "floor", "cap", "max_step"]
 _EPS = 1e-9  # slack when turning configured fractions into whole buckets
 
 
-class GuardrailError(ValueError):
+class GuardrailError(CoreInputError):
     """Inputs the guardrails cannot work with (wrong shapes, unknown arms, every arm killed)."""
 
 

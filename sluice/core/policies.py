@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sluice.core.errors import CoreInputError
 from sluice.core.posteriors import BetaPrior, NormalInverseGammaPrior, beta_posterior, student_t_posterior
 from sluice.core.sufficient import ArmStatistics
 from sluice.core.thompson import beta_best_probabilities, student_t_best_probabilities, top_two_probabilities
@@ -34,7 +35,7 @@ from sluice.core.thompson import beta_best_probabilities, student_t_best_probabi
 RewardType = Literal["binary", "continuous"]
 
 
-class PolicyConfigError(ValueError):
+class PolicyConfigError(CoreInputError):
     """A policy name, parameter or output that is not acceptable; the message names it."""
 
 

@@ -23,10 +23,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special
 
+from sluice.core.errors import CoreInputError
 from sluice.core.sufficient import ArmStatistics
 
 
-class PriorError(ValueError):
+class PriorError(CoreInputError):
     """Prior parameters or entity data that cannot define a prior."""
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sluice.core.allocation import DEFAULT_NUM_BUCKETS, MAX_NUM_BUCKETS, Allocation
 from sluice.core.assignment import Assigner, LayerSlice, traffic_threshold
 from sluice.core.decisions import DecisionCriteria
+from sluice.core.errors import CoreInputError
 from sluice.core.guardrails import GuardrailConfig, GuardrailError
 
 # Ids and salts: no ":" or "/", so the hash key `salt:unit_id` is unambiguous and the
@@ -36,7 +37,7 @@ ParameterType = Literal["string", "integer", "number", "boolean", "json"]
 RewardType = Literal["binary", "continuous"]
 
 
-class SpecError(ValueError):
+class SpecError(CoreInputError):
     """An experiment spec that does not parse or validate; the message names every problem."""
 
     def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from sluice.core.errors import CoreInputError
+
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
 
-class StatisticsInputError(ValueError):
+class StatisticsInputError(CoreInputError):
     """Arrays or times that do not describe valid observations."""
 
 

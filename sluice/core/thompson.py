@@ -33,6 +33,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special
 
+from sluice.core.errors import CoreInputError
+
 _TAIL = 1e-13
 _NODES = 8
 _SPACING = 1.5  # most standard deviations between an arm's own cuts (tuned against mpmath/QUADPACK: error ~1e-7)
@@ -40,7 +42,7 @@ _REACH = 6.0  # cuts around the mean every _SPACING out to this many deviations
 _GROWTH = 1.5  # then geometrically wider pieces out to the tails
 
 
-class PosteriorInputError(ValueError):
+class PosteriorInputError(CoreInputError):
     """Posterior parameters that do not describe K ≥ 1 proper distributions."""
 
 

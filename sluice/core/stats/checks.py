@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from sluice.core.errors import CoreInputError
 
-class StatsInputError(ValueError):
+
+class StatsInputError(CoreInputError):
     """Statistics were asked for with inputs that cannot describe real data."""
 
 
