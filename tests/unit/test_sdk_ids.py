@@ -1,15 +1,21 @@
-"""Serve ids of the SDK: valid version-4 UUID strings, never repeated."""
+"""Serve ids of the SDK: serve tokens (`sluice.core.serve_token`) whose unique parts never repeat."""
 
 from __future__ import annotations
 
-import uuid
-
 from sluice.client.sdk import ServeIds
+from sluice.core.serve_token import format_serve_id, parse_serve_id
 
 
-def test_serve_ids_are_distinct_v4_uuids_across_generators() -> None:
+def test_unique_parts_are_distinct_across_generators_and_make_valid_tokens() -> None:
     ids = [gen() for gen in (ServeIds(), ServeIds()) for _ in range(50_000)]
     assert len(set(ids)) == len(ids)
-    for text in ids[::997]:
-        parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    for unique in ids[::997]:
+        assert parse_serve_id(format_serve_id(unique, 1_700_000_000_000, True, "arm-1")).unique == unique
+
+
+def test_a_wrapped_counter_starts_a_new_head() -> None:
+    gen = ServeIds()
+    first = gen()
+    gen._next = iter([2**32]).__next__  # the counter's next value overflows 32 bits
+    wrapped = gen()
+    assert wrapped[:16] != first[:16] and wrapped.endswith("00000001")
