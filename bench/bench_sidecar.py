@@ -108,7 +108,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def run(quick: bool) -> list[Figure]:
     seconds = 3 if quick else 10
-    serde = SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+    serde = SingleObjectSerde(SchemaSet.bundled())
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-sidecar-") as tmp, kafka() as bootstrap:
         tmp_path = Path(tmp)

@@ -16,7 +16,6 @@ from bench._figures import Figure
 from bench._stack import kafka
 from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.clickhouse import connect, migrate
-from sluice.config import project_root
 from sluice.kafka import TopicNames, ensure_topics, entity_key, topic_specs
 from sluice.kafka.io import AvroProducer
 from streams.sink.rows import LINEAGE, ROUTES
@@ -56,7 +55,7 @@ def _join(sink: ClickHouseSink) -> None:
 
 def run(quick: bool) -> list[Figure]:
     n = 100_000 if quick else 1_000_000
-    serde = SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+    serde = SingleObjectSerde(SchemaSet.bundled())
     now_ms = int(time.time() * 1000)
     records = _serves(n, now_ms)
     encoded = [(entity_key("bench", r["entity"]), serde.encode("ServeEvent", r)) for r in records]

@@ -232,7 +232,7 @@ def _freshness(bootstrap: str, serde, rate: float, seconds: float, log: Path) ->
 
 def run(quick: bool) -> list[Figure]:
     n_serves = 40_000 if quick else 200_000
-    serde = SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+    serde = SingleObjectSerde(SchemaSet.bundled())
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-streams-") as tmp, kafka() as bootstrap:
         names = TopicNames(f"bench-{uuid.uuid4().hex[:8]}")

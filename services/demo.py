@@ -107,7 +107,7 @@ def _weights_table(tables: dict[bytes, dict[str, Any]], specs: dict[str, Any]) -
 def run(settings: Settings, options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
     """Run the demo; returns the summary (also printed). Stops what it started."""
     console = console or Console()
-    serde = SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+    serde = SingleObjectSerde(SchemaSet.bundled())
     specs = load_specs(options.specs)
     scenario = Scenario.load(options.scenario, specs)
     if options.days is not None:

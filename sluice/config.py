@@ -1,19 +1,59 @@
 """Configuration from the environment, read once at the edge (CLI, services, tests).
 
-Every variable is optional; the defaults give the local single-node stack under `.data/`.
+Every variable is optional. Running from a source checkout, the defaults keep the local
+single-node stack's data in `.data/` and downloads in `.cache/` of the checkout; an
+installed package uses per-user folders instead (XDG: `$XDG_STATE_HOME/sluice`, else
+`~/.local/state/sluice`; `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from, or None when it runs installed.
+
+    A checkout is recognised by `pyproject.toml` and `.git` beside the `sluice` package
+    (an editable install points back into its checkout; site-packages has neither).
+    """
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / ".git").exists() else None
+
 
 def project_root() -> Path:
-    """The checkout this package runs from (where `deploy/` and `schemas/` live)."""
-    return Path(__file__).resolve().parent.parent
+    """The folder that holds the `sluice` package: the checkout when running from one.
+
+    Only a checkout has `deploy/`, `examples/`, `dashboards/` and `tests/` there; what an
+    installed package needs at run time ships inside it (`SchemaSet.bundled()`,
+    `sluice/local/data/`). Tests, benchmarks and the demo use this; services must not.
+    """
+    return PACKAGE_DIR.parent
+
+
+def _xdg_dir(variable: str, fallback: str) -> Path:
+    # The XDG base-directory rules: an unset, empty or relative value means the fallback.
+    value = os.environ.get(variable, "")
+    base = Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+    return base / "sluice"
+
+
+def default_home() -> Path:
+    """Default SLUICE_HOME: `.data/` of the checkout, else the per-user state folder."""
+    root = checkout_root()
+    return root / ".data" if root else _xdg_dir("XDG_STATE_HOME", ".local/state")
+
+
+def default_cache() -> Path:
+    """Default SLUICE_CACHE: `.cache/` of the checkout, else the per-user cache folder."""
+    root = checkout_root()
+    return root / ".cache" if root else _xdg_dir("XDG_CACHE_HOME", ".cache")
 
 
 class Settings(BaseSettings):
@@ -30,11 +70,11 @@ class Settings(BaseSettings):
         description="http(s)://user:pass@host:port/db of a ClickHouse server; unset = the embedded chDB engine.",
     )
     sluice_home: Path = Field(
-        default_factory=lambda: project_root() / ".data",
+        default_factory=default_home,
         description="Where the local stack keeps broker data, the embedded ClickHouse and pid files.",
     )
     sluice_cache: Path = Field(
-        default_factory=lambda: project_root() / ".cache",
+        default_factory=default_cache,
         description="Where downloaded Kafka jars are cached between runs.",
     )
     sluice_kafka_port: int = Field(default=9092, description="Broker port of the local stack.")

@@ -15,7 +15,6 @@ from types import TracebackType
 import orjson
 
 from sluice.avro import SchemaSet, SingleObjectSerde
-from sluice.config import project_root
 from sluice.core.spec import ExperimentSpec, spec_from_mapping
 from sluice.errors import SluiceError
 from sluice.kafka.io import AvroProducer, read_to_end
@@ -38,7 +37,7 @@ class ExperimentRegistry:
     def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None) -> None:
         self.topic = TopicNames(prefix).experiments
         self._bootstrap = bootstrap
-        self._serde = serde or SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+        self._serde = serde or SingleObjectSerde(SchemaSet.bundled())
         self._producer = AvroProducer(bootstrap, self._serde)
         self._specs: dict[str, ExperimentSpec] = {}
         for msg in read_to_end(bootstrap, [self.topic]):

@@ -29,7 +29,7 @@ free_ports = free_loopback_ports
 
 @pytest.fixture(scope="session")
 def schemas() -> SchemaSet:
-    return SchemaSet.load(ROOT / "schemas")
+    return SchemaSet.bundled()
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,10 @@ PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "by
 NAMED_KINDS = frozenset({"record", "error", "enum", "fixed"})
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 
+# The contracts ship inside the package (package data), so an installed package and a
+# checkout read the same files from the same place.
+BUNDLED_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
 _CRC64_EMPTY = 0xC15D213AA4D7A795
 
 
@@ -55,7 +59,7 @@ class SchemaVersion:
     """One named schema as it stood in one contract version."""
 
     name: str  # full name, e.g. "io.sluice.ServeEvent"
-    version: int  # the contract set it comes from (schemas/vN)
+    version: int  # the contract set it comes from (sluice/schemas/vN)
     canonical_form: str
     fingerprint: int  # CRC-64-AVRO of the canonical form
     self_contained: dict[str, Any] = field(repr=False, compare=False)  # JSON, named types inlined once
@@ -170,6 +174,11 @@ class SchemaSet:
             elif seen.canonical_form != sv.canonical_form:  # pragma: no cover - 2^-64
                 raise SchemaLoadError(f"fingerprint collision between {seen.name} v{seen.version} and {sv.name} v{sv.version}")
             self._latest[sv.name] = sv
+
+    @classmethod
+    def bundled(cls) -> SchemaSet:
+        """Every kept contract version shipped with this package (`sluice/schemas/vN`)."""
+        return cls.load(BUNDLED_SCHEMAS)
 
     @classmethod
     def load(cls, root: Path) -> SchemaSet:

@@ -89,7 +89,7 @@ class SingleObjectSerde:
         if sv is None:
             raise UnknownFingerprintError(
                 f"unknown writer schema fingerprint {data[2:HEADER_LEN].hex()} (CRC-64-AVRO {fingerprint:#018x}): "
-                "no kept version in schemas/ has it"
+                "no kept contract version has it"
             )
         return sv
 

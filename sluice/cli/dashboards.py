@@ -7,7 +7,7 @@ import os
 
 import click
 
-from sluice.config import project_root
+from sluice.config import checkout_root
 
 
 @click.group()
@@ -28,6 +28,9 @@ def push(grafana_url: str | None, clickhouse_url: str, prometheus_url: str) -> N
     from grafana_client import GrafanaApi
     from grafana_client.client import GrafanaClientError
 
+    root = checkout_root()
+    if root is None:  # the dashboards are built files of the repository, not package data
+        raise click.ClickException("`sluice dashboards push` reads dashboards/*.json of a Sluice source checkout: run it from one")
     if not grafana_url:
         raise click.ClickException("no Grafana: set GRAFANA_URL (and GRAFANA_TOKEN, or GRAFANA_USER and GRAFANA_PASSWORD)")
     token = os.environ.get("GRAFANA_TOKEN")
@@ -53,7 +56,7 @@ def push(grafana_url: str | None, clickhouse_url: str, prometheus_url: str) -> N
                     raise
                 api.datasource.create_datasource(source)
                 click.echo(f"created data source {source['uid']}")
-        for path in sorted((project_root() / "dashboards").glob("*.json")):
+        for path in sorted((root / "dashboards").glob("*.json")):
             board = json.loads(path.read_text())
             api.dashboard.update_dashboard({"dashboard": board, "overwrite": True, "message": "sluice dashboards push"})
             click.echo(f"pushed dashboard {board['uid']} ({path.name})")

@@ -24,14 +24,13 @@ def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, st
     """
     from sluice.avro import SchemaSet, SingleObjectSerde
     from sluice.clickhouse import connect, migrate
-    from sluice.config import project_root
     from sluice.kafka import TopicNames
     from streams.sink.sink import ClickHouseSink
 
     s = settings()
     client = connect(s.clickhouse_url, path=s.chdb_path)
     migrate(client, database=database, ttl_days=s.sluice_clickhouse_ttl_days)
-    runner = ClickHouseSink(bootstrap_or_fail(s), client, SingleObjectSerde(SchemaSet.load(project_root() / "schemas")),
+    runner = ClickHouseSink(bootstrap_or_fail(s), client, SingleObjectSerde(SchemaSet.bundled()),
                             TopicNames(prefix), database=database, batch_max=batch_max, instance_id=instance_id)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     click.echo(f"sink: {prefix}.* -> {database} on {s.clickhouse_url or s.chdb_path}", err=True)

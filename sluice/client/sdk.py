@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 
 from sluice.avro import SchemaSet, SingleObjectSerde
-from sluice.config import project_root
 from sluice.core.allocation import Allocation
 from sluice.core.assignment import Assigner
 from sluice.core.serve_token import ServeTokenError, format_serve_id, parse_serve_id
@@ -117,7 +116,7 @@ class SluiceClient:
     def __init__(self, *, prefix: str = "sluice", state_dir: Path, delivery: Any | None = None,
                  serde: SingleObjectSerde | None = None) -> None:
         self.names = TopicNames(prefix)
-        self.serde = serde or SingleObjectSerde(SchemaSet.load(project_root() / "schemas"))
+        self.serde = serde or SingleObjectSerde(SchemaSet.bundled())
         # Serve events are built here, field by field: skip the schema validation pass on
         # the assignment path (the writer still refuses a value that does not fit).
         self._serve_serde = SingleObjectSerde(self.serde.schemas, validate_on_encode=False)

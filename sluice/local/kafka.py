@@ -1,7 +1,8 @@
 """Fetch, format, start and stop a real single-node Apache Kafka (KRaft) broker.
 
 The jars come from Maven Central through the ordinary `mvn` client
-(`deploy/local/pom.xml`), cached under `.cache/kafka/libs`. The broker runs as one JVM
+(`sluice/local/data/pom.xml`, shipped with the package), cached under
+`SLUICE_CACHE/kafka/libs`. The broker runs as one JVM
 (combined broker + controller) on 127.0.0.1, with its storage formatted in a data directory
 of its own. Readiness is a real metadata request, not a sleep.
 """
@@ -19,11 +20,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sluice.config import project_root
 from sluice.errors import SluiceError
 
-POM = project_root() / "deploy" / "local" / "pom.xml"
-LOG4J_CONFIG = project_root() / "deploy" / "local" / "log4j2.yaml"
+# Package data, so an installed `sluice up` finds them as a checkout does.
+_DATA = Path(__file__).resolve().parent / "data"
+POM = _DATA / "pom.xml"
+LOG4J_CONFIG = _DATA / "log4j2.yaml"
 KAFKA_MAIN = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 

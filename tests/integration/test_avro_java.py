@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.avro import SchemaSet, SingleObjectSerde
+from sluice.avro import BUNDLED_SCHEMAS, SchemaSet, SingleObjectSerde
 from sluice.config import project_root
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def java(classpath: str, *args: str) -> str:
 
 def test_java_fingerprints_equal_ours_for_every_schema_of_every_version(avro_java_classpath: str, schemas: SchemaSet) -> None:
     compared = 0
-    for folder in sorted((ROOT / "schemas").glob("v*")):
+    for folder in sorted(BUNDLED_SCHEMAS.glob("v*")):
         version = int(folder.name[1:])
         for line in java(avro_java_classpath, "fingerprints", str(folder)).splitlines():
             name, hex_fp = line.split()
@@ -60,7 +60,7 @@ def test_java_binary_message_decoder_reads_our_messages(avro_java_classpath: str
                       {"arm": "b", "weight": 0.25, "buckets": 2500, "ranges": [{"start": 7500, "end": 10_000}]}],
              "policy": "thompson", "reason": "r", "statistics": [{"arm": "a", "serves": 10, "count": 10, "sum": 3.0, "sum_squares": 3.0}],
              "window_start": 1, "window_end": 2, "computed_at": 3}
-    out = java(avro_java_classpath, "decode", str(ROOT / "schemas" / "v2"), "io.sluice.ServeEvent", serde.encode("ServeEvent", serve).hex())
+    out = java(avro_java_classpath, "decode", str(BUNDLED_SCHEMAS / "v2"), "io.sluice.ServeEvent", serde.encode("ServeEvent", serve).hex())
     assert '"unit_id": "ü-1"' in out and '"propensity": 0.125' in out and '"timestamp": 1763900000123' in out
-    out = java(avro_java_classpath, "decode", str(ROOT / "schemas" / "v2"), "io.sluice.WeightTable", serde.encode("WeightTable", table).hex())
+    out = java(avro_java_classpath, "decode", str(BUNDLED_SCHEMAS / "v2"), "io.sluice.WeightTable", serde.encode("WeightTable", table).hex())
     assert '"ranges": [{"start": 7500, "end": 10000}]' in out and '"sum_squares": 3.0' in out

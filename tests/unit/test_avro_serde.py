@@ -12,6 +12,7 @@ from fastavro.schema import fingerprint as fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from sluice.avro import (
+    BUNDLED_SCHEMAS,
     CorruptBodyError,
     EncodeError,
     NotSingleObjectError,
@@ -35,7 +36,7 @@ def test_message_is_marker_then_fingerprint_of_canonical_form_then_binary_body(s
     data = serde.encode("ServeEvent", SERVE)
     assert data[:2] == b"\xc3\x01"
     # Fingerprint computed by fastavro from the schema file, independently of our loader.
-    raw = json.loads((Path(__file__).parents[2] / "schemas" / "v1" / "ServeEvent.avsc").read_text())
+    raw = json.loads((BUNDLED_SCHEMAS / "v1" / "ServeEvent.avsc").read_text())
     expected_fp = bytes.fromhex(fastavro_fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
     assert data[2:10] == expected_fp
     body = io.BytesIO()

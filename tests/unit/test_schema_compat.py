@@ -11,7 +11,6 @@ import fastavro
 import pytest
 
 from sluice.avro import SchemaSet
-from sluice.config import project_root
 
 PRIMITIVE_SAMPLES = {"null": None, "boolean": True, "int": 7, "long": 1_763_900_000_000, "float": 1.5, "double": 0.25, "bytes": b"\x01", "string": "s"}
 
@@ -38,7 +37,7 @@ def sample(schema: Any, named: dict[str, Any]) -> Any:
     return sample(kind, named)
 
 
-SCHEMAS = SchemaSet.load(project_root() / "schemas")
+SCHEMAS = SchemaSet.bundled()
 PAIRS = [
     pytest.param(a, b, id=f"{a.short_name}-v{a.version}-to-v{b.version}")
     for name in SCHEMAS.names
