@@ -17,7 +17,7 @@ import pytest
 
 from sluice.config import project_root
 from sluice.experiments import ExperimentRegistry
-from sluice.kafka import TopicNames, entity_key
+from sluice.kafka import TopicNames, entity_key, topic_specs
 from sluice.kafka.io import read_to_end
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -111,7 +111,8 @@ def test_installed_sdk_assigns_and_logs_serve_and_reward(venv: Path, outside, ka
     # `sluice up` from the wheel: topics on the test broker, ClickHouse tables in the per-user folder.
     up = run([str(venv / "bin" / "sluice"), "up", "--prefix", topic_prefix], cwd=cwd,
              env={**env, "KAFKA_BOOTSTRAP": kafka_bootstrap})
-    assert "topics: 7 created" in up.stdout, up.stdout
+    names = TopicNames(topic_prefix)
+    assert f"topics: {len(topic_specs(names))} created, 0 unchanged" in up.stdout, up.stdout
     assert (Path(env["HOME"]) / ".local" / "state" / "sluice" / "clickhouse").is_dir()
 
     spec = bandit_spec("exp", ["a", "b"])
@@ -124,7 +125,6 @@ def test_installed_sdk_assigns_and_logs_serve_and_reward(venv: Path, outside, ka
     served = json.loads(service.stdout.strip().splitlines()[-1])
     assert served["source"] == "table" and served["arm"] in ("a", "b") and served["weights_version"] == 1
 
-    names = TopicNames(topic_prefix)
     key = entity_key("exp", "site-1")
     serves = [(m.key, serde.decode(m.value, "ServeEvent").record) for m in read_to_end(kafka_bootstrap, [names.serves])]
     rewards = [(m.key, serde.decode(m.value, "RewardEvent").record) for m in read_to_end(kafka_bootstrap, [names.rewards])]
