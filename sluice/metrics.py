@@ -42,12 +42,27 @@ class StreamMetrics:
     srm_p_value: Gauge
     guardrail_actions: Counter
     partitions: Gauge
+    recovery_seconds: Gauge
+    spec_version: Gauge
+    ticks: Counter
+    largest_message: Gauge
+    state_bytes: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> StreamMetrics:
         return cls(
             partitions=Gauge("sluice_stream_assigned_partitions", "Input partitions (of the serves topic) this worker "
                              "owns now.", registry=registry),
+            recovery_seconds=Gauge("sluice_stream_recovery_seconds", "Time the latest partition assignment took to "
+                                   "bring the state up to date (local store plus changelog).", registry=registry),
+            spec_version=Gauge("sluice_stream_spec_version", "Version of each experiment's spec the worker acts on.",
+                               ["experiment"], registry=registry),
+            ticks=Counter("sluice_stream_publication_ticks_total", "Publication rounds (every publish interval).",
+                          registry=registry),
+            largest_message=Gauge("sluice_stream_largest_message_bytes", "Largest message (key + value) written "
+                                  "since start, by topic.", ["topic"], registry=registry),
+            state_bytes=Gauge("sluice_stream_state_bytes", "Bytes of the worker's local state store on disk.",
+                              registry=registry),
             srm_p_value=Gauge("sluice_srm_p_value", "Sample-ratio-mismatch p-value of the window's serves against the "
                               "weights (static-weight experiments).", ["experiment", "entity"], registry=registry),
             guardrail_actions=Counter("sluice_guardrail_actions_total", "Publications in which a guardrail changed the "
@@ -58,12 +73,13 @@ class StreamMetrics:
             rejected=Counter("sluice_stream_rejected_total", "Input events sent to the dead-letter topic, by reason.",
                              ["topic", "reason"], registry=registry),
             attribution=Counter("sluice_stream_attribution_total",
-                                "Rewards by attribution outcome (attributed, duplicate, after_window, unknown_serve, "
-                                "other_reward, outside_experiment).", ["outcome"], registry=registry),
-            state_keys=Gauge("sluice_stream_state_keys", "Keys held in the worker's tables, by table.", ["table"],
+                                "Serves and rewards by outcome (attributed, duplicate, after_window, other_reward, "
+                                "outside_experiment, duplicate_serve, too_late).", ["outcome"], registry=registry),
+            state_keys=Gauge("sluice_stream_state_keys", "State held in memory: (experiment, entity) pairs.", ["table"],
                              registry=registry),
-            expired=Counter("sluice_stream_expired_total", "State entries expired (serves past attribution, hours "
-                            "past the window), by table.", ["table"], registry=registry),
+            expired=Counter("sluice_stream_expired_total", "State records deleted as they aged out (serve ids past "
+                            "the duplicate horizon, rewarded serves past twice the attribution window).", ["table"],
+                            registry=registry),
             consumer_lag=Gauge("sluice_stream_consumer_lag_messages", "Messages not yet read, per input topic kind "
                                "(summed over the partitions this worker owns).", ["topic"], registry=registry),
             published=Counter("sluice_weights_published_total", "Weight tables published, by experiment.",

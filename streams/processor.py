@@ -1,42 +1,40 @@
-"""One batch of serves and rewards → attribution and windowed statistics, idempotently.
+"""One batch of serves and rewards → attribution and windowed counters.
 
-This is the worker's hot path, written without Faust so that it can be read and tested on
-its own: `Processor.process(events)` takes the raw messages of a batch (both topics mixed),
-decodes and validates each, sends the bad ones back as dead letters with a reason, and
-applies the good ones to the state of their (experiment, entity), which it persists in
-`store` (any mutable mapping of bytes to bytes; the worker passes its Faust table) as ONE
-write per (experiment, entity) per batch.
+This is the worker's hot path, written without Kafka so that it can be read and tested on
+its own: `Processor.process(events)` takes the raw messages of a batch (both topics
+mixed), decodes and validates each, sends the bad ones back as dead letters with a
+reason, applies the good ones to the in-memory state of their (experiment, entity), and
+returns the state writes the batch makes (see `streams.state` for the keys). The worker
+writes them to the changelog in the transaction that also commits the batch's input
+offsets, then to the local store; the processor reads what earlier batches stored through
+`StateLookup`.
 
 Rules (see README, "Attribution"):
 
 * A serve adds to its arm's `serves` in the hour of its event time; an in-experiment serve
-  is also an observation (`count`), with reward 0 until a reward is attributed to it.
-* A reward counts when its name is the experiment's reward, its serve is known, and it
-  comes at most the attribution window after the serve (event time). A binary reward adds
-  1 to `sum` the first time a serve gets value 1; a continuous one adds its value to the
-  serve's total (and `sum_sq` moves from total² to (total + value)²). The statistics change
-  in the hour of the *serve*, so a window holds whole serves.
-* A reward that arrives before its serve (serves and rewards are separate topics, read
-  independently) waits in the serve's record and is attributed when the serve comes; if
-  none comes within `orphan_grace_ms` of event time it is counted as `unknown_serve`.
-* Hours that end before the window (max event time of the key − window) are dropped;
+  is also an observation (`count`), with reward 0 until a reward is attributed to it. A
+  serve id seen again within `dedup_ms` (event time) counts once (`duplicate_serve`).
+* A reward carries its serve's arm, time and in-experiment flag in the serve id (a serve
+  token). It counts when its name is the experiment's reward, it comes at most the
+  attribution window after the serve (event time), and the serve was in the experiment.
+  A binary reward adds 1 to `total` the first time a serve gets value 1; a continuous one
+  adds its value to the serve's total (and `total_sq` moves from total² to (total +
+  value)²). The counters change in the hour of the *serve*, so a window holds whole serves.
+  A reward may come before its serve: it counts at once (the serve's own counts come with
+  the serve).
+* Hours that end before the window (newest event time of the key − window) are dropped;
   events in them are counted `too_late` and change nothing.
-
-Idempotence: each write is a delta (see `streams.state`) holding the entity's whole state
-— statistics and the last serve and reward offsets they include — and the serve records
-the batch changed, so a batch's effect on an entity lands entirely or not at all. After a
-crash, `rebuild` folds the deltas back into memory and a replayed event at or below the
-offsets is skipped; `compact` expires old records and replaces an entity's deltas by one
-snapshot.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from sluice.avro import (
     CorruptBodyError,
@@ -45,29 +43,42 @@ from sluice.avro import (
     UnexpectedSchemaError,
     UnknownFingerprintError,
 )
+from sluice.core.serve_token import ServeToken, ServeTokenError, format_serve_id, parse_serve_id
 from sluice.core.spec import ExperimentSpec
-from sluice.core.sufficient import HOUR_MS, window_hours
+from sluice.core.sufficient import HOUR_MS, ArmCounters
 from sluice.kafka.clients import KEY_SEPARATOR, entity_key
 from streams.state import (
-    COUNT,
-    FIELDS,
-    IN_EXPERIMENT,
     REWARDED,
-    SERVES,
-    SUM,
-    SUM_SQ,
-    DELTA,
-    Delta,
+    REWARDED_ONCE,
+    SERVES_CHUNK,
+    UNIQUE_BYTES,
     EntityState,
-    ServeRecord,
-    delta_key,
-    delta_seq,
-    split_key,
+    Rewarded,
+    encode_counters,
+    entity_prefix,
+    header_key,
+    hour_key,
+    rewarded_key,
+    serve_id_key,
+    serves_chunk_key,
+    unique_bytes,
 )
 
 SERVES_TOPIC, REWARDS_TOPIC = "serves", "rewards"
 _EXPECTED = {SERVES_TOPIC: "ServeEvent", REWARDS_TOPIC: "RewardEvent"}
 _FORBIDDEN_IN_ENTITY = (KEY_SEPARATOR, "\x1e")
+_SERVES, _COUNT, _TOTAL, _TOTAL_SQ = ArmCounters.SERVES, ArmCounters.COUNT, ArmCounters.TOTAL, ArmCounters.TOTAL_SQ
+_FIELDS = len(ArmCounters.FIELDS)
+
+
+class StateLookup(Protocol):
+    """What the processor reads of the state earlier batches stored (the local store)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def keys_before(self, prefix: bytes, hour: int) -> list[bytes]:
+        """Keys starting with `prefix` (a kind, routing key and RS) whose hour is < `hour`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,9 +108,19 @@ class DeadLetter:
 @dataclass
 class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    applied: Counter[str] = field(default_factory=Counter)  # by input kind: events newly applied
+    applied: Counter[str] = field(default_factory=Counter)  # by input kind: events applied
     outcomes: Counter[str] = field(default_factory=Counter)  # attribution and serve outcomes
-    changed: set[bytes] = field(default_factory=set)  # routing keys whose statistics changed
+    changed: set[bytes] = field(default_factory=set)  # routing keys whose counters changed
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)  # state key → value (None: delete)
+    routing_partition: dict[bytes, int] = field(default_factory=dict)  # where each routing key's state lives
+
+    def merge(self, other: BatchResult) -> None:
+        self.dead_letters += other.dead_letters
+        self.applied.update(other.applied)
+        self.outcomes.update(other.outcomes)
+        self.changed |= other.changed
+        self.writes.update(other.writes)
+        self.routing_partition.update(other.routing_partition)
 
 
 class _Rejected(Exception):
@@ -108,94 +129,56 @@ class _Rejected(Exception):
         self.reason, self.detail = reason, detail
 
 
+@dataclass
+class _Batch:
+    """What one batch did to one (experiment, entity), applied to its state at the end."""
+
+    state: EntityState
+    spec: ExperimentSpec
+    partition: int
+    counts: dict[tuple[int, int], list[float]] = field(default_factory=dict)  # (hour, arm) → field increments
+    serve_ids: dict[int, dict[bytes, None]] = field(default_factory=dict)  # hour → uniques of the serves counted
+    rewarded: dict[bytes, Rewarded] = field(default_factory=dict)  # R key → record after this batch
+
+    def add(self, hour: int, arm: int, index: int, amount: float) -> None:
+        row = self.counts.get((hour, arm))
+        if row is None:
+            row = self.counts[(hour, arm)] = [0.0] * _FIELDS
+        row[index] += amount
+
+
 class Processor:
     """See the module docstring. `specs(experiment_id)` gives the live spec or None;
-    `now_ms()` is the wall clock, used only to refuse timestamps too far in the future."""
+    `now_ms()` is the wall clock, used only to refuse timestamps too far in the future;
+    `partitions` is the input topics' partition count (a key must arrive in its own)."""
 
     def __init__(
         self,
         serde: Any,
         specs: Callable[[str], ExperimentSpec | None],
-        store: MutableMapping[bytes, bytes],
+        store: StateLookup,
         *,
         now_ms: Callable[[], int],
+        partition_of: Callable[[bytes], int],
         max_future_ms: int = 3_600_000,
-        orphan_grace_ms: int = 3_600_000,
+        dedup_ms: int = 24 * 3_600_000,
+        max_message_bytes: int = 512 * 1024,
     ) -> None:
         self._serde = serde
         self._specs = specs
         self._store = store
         self._now_ms = now_ms
+        self._partition_of = partition_of
         self.max_future_ms = max_future_ms
-        self.orphan_grace_ms = orphan_grace_ms
+        self.dedup_ms = dedup_ms
+        self.max_message_bytes = max_message_bytes
         self._arm_sets: dict[tuple[str, int], frozenset[str]] = {}
-        self.states: dict[bytes, EntityState] = {}  # routing → state of its (experiment, entity)
-        self.records: dict[bytes, dict[str, ServeRecord]] = {}  # routing → serve id → record
-        self.deltas: dict[bytes, list[int]] = {}  # routing → sequence numbers of its deltas in the store
-        self.rebuild()
-
-    # -- state: memory and deltas ---------------------------------------------------------
-
-    def rebuild(self, owned: Callable[[bytes], bool] = lambda routing: True) -> None:
-        """Fold the deltas in the store into memory, for the routing keys `owned` says this
-        worker owns (after a start or a rebalance)."""
-        found: dict[bytes, list[tuple[int, bytes]]] = {}
-        for key in list(self._store.keys()):
-            routing, kind = split_key(key)
-            if kind == DELTA and owned(routing):
-                found.setdefault(routing, []).append((delta_seq(key), key))
-        self.states, self.records, self.deltas = {}, {}, {}
-        for routing, keys in found.items():
-            keys.sort()
-            records: dict[str, ServeRecord] = {}
-            for _, key in keys:
-                delta = Delta.from_bytes(self._store[key])
-                if delta.snapshot:
-                    records = {}
-                records.update(delta.records)
-                self.states[routing] = delta.state
-            self.records[routing] = records
-            self.deltas[routing] = [seq for seq, _ in keys]
-
-    def save(self, routing: bytes, changed: dict[str, ServeRecord] | None = None, *, snapshot: bool = False) -> None:
-        """Persist the state of `routing` with the records that changed (all of them, as a
-        snapshot that replaces the earlier deltas, when `snapshot`)."""
-        state = self.states[routing]
-        state.delta_seq += 1
-        records = self.records[routing] if snapshot else (changed or {})
-        self._store[delta_key(routing, state.delta_seq)] = Delta(state, records, snapshot).to_bytes()
-        if snapshot:
-            for seq in self.deltas.get(routing, []):
-                del self._store[delta_key(routing, seq)]
-            self.deltas[routing] = []
-        self.deltas.setdefault(routing, []).append(state.delta_seq)
-
-    def compact(self, routing: bytes, keep_serves_ms: int, min_deltas: int = 32) -> tuple[int, int]:
-        """Drop the records of `routing` that can no longer matter — serves older than
-        `keep_serves_ms` before the key's newest event time, rewards that waited longer than
-        the orphan grace for their serve — and, when any went or the entity has
-        `min_deltas` deltas, write one snapshot and delete the older deltas. Returns
-        (serve records dropped, waiting rewards dropped)."""
-        records, state = self.records.get(routing), self.states.get(routing)
-        if records is None or state is None:
-            return 0, 0
-        serves = orphans = 0
-        for serve_id, rec in list(records.items()):
-            if rec.has_serve:
-                old = rec.serve_ms + keep_serves_ms < state.max_event_ms
-                serves += old
-            else:
-                old = max(t for _, t, _ in rec.pending) + self.orphan_grace_ms < state.max_event_ms
-                orphans += len(rec.pending) if old else 0
-            if old:
-                del records[serve_id]
-        if serves or orphans or len(self.deltas.get(routing, [])) >= min_deltas:
-            self.save(routing, snapshot=True)
-        return serves, orphans
+        self._partitions: dict[bytes, int] = {}
+        self.states: dict[bytes, EntityState] = {}  # routing → state, for the partitions this worker owns
 
     # -- decoding and validation -------------------------------------------------------
 
-    def _validate(self, event: InputEvent, now_ms: int) -> tuple[dict[str, Any], ExperimentSpec]:
+    def _validate(self, event: InputEvent, now_ms: int) -> tuple[dict[str, Any], ExperimentSpec, ServeToken | None]:
         if event.value is None:
             raise _Rejected("undecodable", "message has no value (tombstone)")
         try:
@@ -212,11 +195,16 @@ class Processor:
         if event.key != entity_key(exp_id, entity):
             raise _Rejected("wrong_key", f"key {event.key!r} is not the key of ({exp_id!r}, {entity!r}); "
                             f"use sluice.kafka.entity_key(experiment_id, entity)")
+        expected_partition = self._partitions.get(event.key)
+        if expected_partition is None:
+            expected_partition = self._partitions[event.key] = self._partition_of(event.key)
+        if event.partition != expected_partition:
+            raise _Rejected("wrong_partition", f"key {event.key!r} belongs in partition {expected_partition} "
+                            f"(murmur2, Kafka's default partitioner), not {event.partition}; "
+                            f"produce with partitioner=murmur2_random")
         spec = self._specs(exp_id)
         if spec is None:
             raise _Rejected("unknown_experiment", f"experiment {exp_id!r} has no spec on the experiments topic")
-        if not record["serve_id"]:
-            raise _Rejected("invalid_value", "serve_id is empty")
         if record["timestamp"] > now_ms + self.max_future_ms:
             raise _Rejected("future_timestamp", f"timestamp {record['timestamp']} is more than "
                             f"{self.max_future_ms} ms ahead of the clock ({now_ms})")
@@ -227,13 +215,36 @@ class Processor:
             p = record["propensity"]
             if not (0.0 < p <= 1.0):  # also false for NaN
                 raise _Rejected("invalid_propensity", f"propensity {p!r} is outside (0, 1]")
-        else:
-            v = record["value"]
-            if not math.isfinite(v):
-                raise _Rejected("invalid_value", f"reward value {v!r} is not finite")
-            if spec.reward.type == "binary" and record["name"] == spec.reward.name and v not in (0.0, 1.0):
-                raise _Rejected("invalid_value", f"binary reward {record['name']!r} has value {v!r}; expected 0 or 1")
-        return record, spec
+            sid = record["serve_id"]
+            # The serve id must be the token of this very serve, or its rewards would be
+            # attributed to another arm or hour than the serve counts in.
+            if format_serve_id(sid[2:26], record["timestamp"], record["in_experiment"], record["arm"]) != sid:
+                raise _Rejected("invalid_serve_id", self._token_mismatch(record))
+            return record, spec, None
+        v = record["value"]
+        if not math.isfinite(v):
+            raise _Rejected("invalid_value", f"reward value {v!r} is not finite")
+        if spec.reward.type == "binary" and record["name"] == spec.reward.name and v not in (0.0, 1.0):
+            raise _Rejected("invalid_value", f"binary reward {record['name']!r} has value {v!r}; expected 0 or 1")
+        try:
+            token = parse_serve_id(record["serve_id"])
+        except ServeTokenError as exc:
+            raise _Rejected("invalid_serve_id", str(exc)) from None
+        state = self.states.get(event.key)  # type: ignore[arg-type]
+        if token.arm not in self._arm_set(spec) and (state is None or token.arm not in state.arms):
+            raise _Rejected("unknown_arm", f"serve id {record['serve_id']!r} names arm {token.arm!r}, which "
+                            f"experiment {exp_id!r} never had (arms {list(spec.arm_names)})")
+        return record, spec, token
+
+    @staticmethod
+    def _token_mismatch(record: dict[str, Any]) -> str:
+        try:
+            token = parse_serve_id(record["serve_id"])
+        except ServeTokenError as exc:
+            return str(exc)
+        return (f"serve id {record['serve_id']!r} says arm {token.arm!r}, time {token.serve_ms}, in experiment "
+                f"{token.in_experiment}; the serve says arm {record['arm']!r}, time {record['timestamp']}, "
+                f"in experiment {record['in_experiment']}")
 
     def _arm_set(self, spec: ExperimentSpec) -> frozenset[str]:
         """The arm names of `spec`, computed once per spec version (a hot-path lookup)."""
@@ -248,126 +259,153 @@ class Processor:
     def process(self, events: list[InputEvent]) -> BatchResult:
         result = BatchResult()
         now = self._now_ms()
-        by_key: dict[bytes, list[tuple[InputEvent, dict[str, Any], ExperimentSpec]]] = {}
+        batches: dict[bytes, _Batch] = {}
         for event in events:
             try:
-                record, spec = self._validate(event, now)
+                record, spec, token = self._validate(event, now)
             except _Rejected as rej:
                 result.dead_letters.append(DeadLetter(event, rej.reason, rej.detail))
                 continue
-            by_key.setdefault(event.key, []).append((event, record, spec))  # type: ignore[arg-type]
-
-        deltas: dict[bytes, dict[str, ServeRecord]] = {}
-        for routing, items in by_key.items():
-            state = self.states.get(routing)
-            if state is None:
-                state = self.states[routing] = EntityState(arms=list(items[0][2].arm_names))
-            records = self.records.setdefault(routing, {})
-            changed: dict[str, ServeRecord] = {}
-            before = (state.changes, state.serve_offset, state.reward_offset)
-            # Serves first: a reward in the same batch then finds its serve.
-            items.sort(key=lambda it: (it[0].kind != SERVES_TOPIC, it[0].offset))
-            for event, record, spec in items:
-                if event.kind == SERVES_TOPIC:
-                    self._serve(state, records, changed, event, record, spec, result)
-                else:
-                    self._reward(state, records, changed, event, record, spec, result)
-                state.newest_input_ms = max(state.newest_input_ms, event.timestamp_ms)
-            self._expire_hours(state, items[0][2])
-            if state.changes != before[0]:
-                result.changed.add(routing)
-            if (state.changes, state.serve_offset, state.reward_offset) != before:
-                deltas[routing] = changed  # replayed events alone change nothing: no write
-        for routing, changed in deltas.items():
-            self.save(routing, changed)
+            routing: bytes = event.key  # type: ignore[assignment]
+            batch = batches.get(routing)
+            if batch is None:
+                batch = batches[routing] = _Batch(self._state(routing, spec), spec, event.partition)
+            else:
+                batch.spec = spec
+            state = batch.state
+            state.newest_input_ms = max(state.newest_input_ms, event.timestamp_ms)
+            if event.kind == SERVES_TOPIC:
+                self._serve(batch, routing, record, result)
+            else:
+                self._reward(batch, routing, record, token, result)
+        for routing, batch in batches.items():
+            self._finish(routing, batch, result)
         return result
 
-    def _serve(self, state: EntityState, records: dict[str, ServeRecord], changed: dict[str, ServeRecord],
-               event: InputEvent, record: dict[str, Any], spec: ExperimentSpec, result: BatchResult) -> None:
-        if event.offset <= state.serve_offset:
-            return  # replayed after a crash: the state has it
-        state.serve_offset = event.offset
-        key = record["serve_id"]
-        rec = records.get(key)
-        if rec is not None and rec.has_serve:
+    def _state(self, routing: bytes, spec: ExperimentSpec) -> EntityState:
+        state = self.states.get(routing)
+        if state is None:
+            state = self.states[routing] = EntityState()
+            for arm in spec.arm_names:
+                state.arm_index(arm)
+        return state
+
+    def _in_window(self, state: EntityState, spec: ExperimentSpec, time_ms: int) -> bool:
+        return state.hours.in_window(time_ms, state.max_event_ms, spec.window_ms)
+
+    def _serve(self, batch: _Batch, routing: bytes, record: dict[str, Any], result: BatchResult) -> None:
+        state, spec = batch.state, batch.spec
+        serve_ms = record["timestamp"]
+        hour = serve_ms // HOUR_MS
+        unique = unique_bytes(record["serve_id"][2:26])
+        seen = batch.serve_ids.setdefault(hour, {})
+        if unique in seen or self._store.get(serve_id_key(routing, hour, unique)) is not None:
             result.outcomes["duplicate_serve"] += 1
             return
-        rec = records[key] = changed[key] = rec or ServeRecord()
-        rec.serve_ms, rec.arm, rec.serve_offset = record["timestamp"], state.arm_index(record["arm"]), event.offset
-        rec.flags = IN_EXPERIMENT if record["in_experiment"] else 0
-        state.max_event_ms = max(state.max_event_ms, rec.serve_ms)
-        state.first_event_ms = min(state.first_event_ms or rec.serve_ms, rec.serve_ms)
-        pending, rec.pending = rec.pending, []
+        state.max_event_ms = max(state.max_event_ms, serve_ms)
+        state.first_event_ms = min(state.first_event_ms or serve_ms, serve_ms)
         result.applied[SERVES_TOPIC] += 1
-        if not self._in_window(state, spec, rec.serve_ms):
+        if not self._in_window(state, spec, serve_ms):
             result.outcomes["too_late"] += 1
             return
-        row = state.row(rec.serve_ms // HOUR_MS)
-        base = rec.arm * FIELDS
-        row[base + SERVES] += 1
-        if rec.in_experiment:
-            row[base + COUNT] += 1
-        state.changes += 1
-        for value, reward_ms, _ in pending:
-            result.outcomes[self._attribute(state, rec, spec, value, reward_ms)] += 1
+        seen[unique] = None
+        arm = state.arm_index(record["arm"])
+        batch.add(hour, arm, _SERVES, 1.0)
+        if record["in_experiment"]:
+            batch.add(hour, arm, _COUNT, 1.0)
 
-    def _reward(self, state: EntityState, records: dict[str, ServeRecord], changed: dict[str, ServeRecord],
-                event: InputEvent, record: dict[str, Any], spec: ExperimentSpec, result: BatchResult) -> None:
+    def _reward(self, batch: _Batch, routing: bytes, record: dict[str, Any], serve: ServeToken,
+                result: BatchResult) -> None:
+        state, spec = batch.state, batch.spec
+        state.max_event_ms = max(state.max_event_ms, record["timestamp"])
         if record["name"] != spec.reward.name:
             result.outcomes["other_reward"] += 1
             return
-        if event.offset <= state.reward_offset:
-            return  # replayed after a crash: the state has it
-        state.reward_offset = event.offset
-        state.max_event_ms = max(state.max_event_ms, record["timestamp"])
         result.applied[REWARDS_TOPIC] += 1
-        key = record["serve_id"]
-        rec = records.get(key)
-        if rec is None or not rec.has_serve:
-            # The serve has not been seen (yet): keep the reward with the serve id.
-            rec = records[key] = changed[key] = rec or ServeRecord()
-            rec.pending.append((record["value"], record["timestamp"], event.offset))
-            rec.reward_offset = event.offset
-            result.outcomes["waiting_for_serve"] += 1
+        if record["timestamp"] - serve.serve_ms > spec.reward.attribution_window_ms:
+            result.outcomes["after_window"] += 1
             return
-        rec.reward_offset = event.offset
-        changed[key] = rec
-        result.outcomes[self._attribute(state, rec, spec, record["value"], record["timestamp"])] += 1
-
-    def _attribute(self, state: EntityState, rec: ServeRecord, spec: ExperimentSpec, value: float,
-                   reward_ms: int) -> str:
-        """Attribute a reward to a known serve: update the record and the statistics.
-        Returns the outcome."""
-        if reward_ms - rec.serve_ms > spec.reward.attribution_window_ms:
-            return "after_window"
-        if not rec.in_experiment:
-            return "outside_experiment"
-        old = rec.total
+        if not serve.in_experiment:
+            result.outcomes["outside_experiment"] += 1
+            return
+        value = record["value"]
+        if spec.reward.type == "binary" and value != 1.0:
+            result.outcomes["attributed"] += 1  # an observed 0: the serve already counts as one
+            return
+        hour = serve.hour
+        key = rewarded_key(routing, hour, unique_bytes(serve.unique))
+        rec = batch.rewarded.get(key)
+        if rec is None:
+            stored = self._store.get(key)
+            rec = Rewarded() if stored is None else Rewarded.from_bytes(stored)
         if spec.reward.type == "binary":
-            if value != 1.0:
-                return "attributed"  # an observed 0: the serve already counts as one
-            if rec.rewarded:
-                return "duplicate"
-            rec.flags |= REWARDED
-            rec.total = 1.0
+            if rec.flags & REWARDED_ONCE:
+                result.outcomes["duplicate"] += 1
+                return
+            new = Rewarded(rec.flags | REWARDED_ONCE, 1.0)
         else:
-            rec.total = old + value
-            rec.flags |= REWARDED
-        if self._in_window(state, spec, rec.serve_ms):
-            row = state.row(rec.serve_ms // HOUR_MS)
-            base = rec.arm * FIELDS
-            row[base + SUM] += rec.total - old
-            row[base + SUM_SQ] += rec.total * rec.total - old * old
+            new = Rewarded(rec.flags, rec.total + value)
+        batch.rewarded[key] = new
+        result.outcomes["attributed"] += 1
+        if not self._in_window(state, spec, serve.serve_ms):
+            return  # remembered (a duplicate stays a duplicate), but its hour has left the window
+        arm = state.arm_index(serve.arm)
+        batch.add(hour, arm, _TOTAL, new.total - rec.total)
+        batch.add(hour, arm, _TOTAL_SQ, new.total * new.total - rec.total * rec.total)
+
+    def _finish(self, routing: bytes, batch: _Batch, result: BatchResult) -> None:
+        """Apply a batch's increments to its entity's hours, expire the hours that left the
+        window, and list the state writes."""
+        state, spec, writes = batch.state, batch.spec, result.writes
+        result.routing_partition[routing] = batch.partition
+        if batch.counts:
+            k = len(state.arms)
+            by_hour: dict[int, np.ndarray] = {}
+            for (hour, arm), row in batch.counts.items():
+                values = by_hour.get(hour)
+                if values is None:
+                    values = by_hour[hour] = np.zeros((_FIELDS, k))
+                values[:, arm] += row
+            hours = state.hours
+            for hour, values in by_hour.items():
+                hours = hours.add(hour, ArmCounters(values))
+            state.hours = hours
             state.changes += 1
-        return "attributed"
+            result.changed.add(routing)
+        expired = state.hours.expired_hours(state.max_event_ms, spec.window_ms)
+        if expired:
+            state.hours = state.hours.expire(state.max_event_ms, spec.window_ms)
+            for hour in expired:
+                writes[hour_key(routing, hour)] = None
+        for hour in {h for h, _ in batch.counts}:
+            values = state.hours.hours.get(hour)
+            if values is not None:  # not expired in this very batch
+                writes[hour_key(routing, hour)] = encode_counters(values)
+        for hour, seen in batch.serve_ids.items():
+            uniques = list(seen)
+            per_chunk = (self.max_message_bytes - len(serves_chunk_key(routing, hour, 0))) // UNIQUE_BYTES
+            for start in range(0, len(uniques), per_chunk):
+                state.serve_chunks += 1
+                writes[serves_chunk_key(routing, hour, state.serve_chunks)] = b"".join(uniques[start:start + per_chunk])
+        for key, rec in batch.rewarded.items():
+            writes[key] = rec.to_bytes()
+        writes[header_key(routing)] = state.header_bytes()
 
-    @staticmethod
-    def _in_window(state: EntityState, spec: ExperimentSpec, time_ms: int) -> bool:
-        first, _ = window_hours(state.max_event_ms, spec.window_ms)
-        return time_ms // HOUR_MS >= first
+    # -- expiry ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _expire_hours(state: EntityState, spec: ExperimentSpec) -> None:
-        first, _ = window_hours(state.max_event_ms, spec.window_ms)
-        for hour in [h for h in state.hours if h < first]:
-            del state.hours[hour]
+    def expire(self, routing: bytes, spec: ExperimentSpec) -> dict[bytes, bytes | None]:
+        """Deletes of the records of `routing` that can no longer matter: serve ids older
+        than `dedup_ms` and rewarded serves older than twice the attribution window, before
+        the key's newest event time."""
+        state = self.states.get(routing)
+        if state is None or not state.max_event_ms:
+            return {}
+        writes: dict[bytes, bytes | None] = {}
+        serve_cutoff = (state.max_event_ms - self.dedup_ms) // HOUR_MS
+        reward_cutoff = (state.max_event_ms - 2 * spec.reward.attribution_window_ms) // HOUR_MS
+        for key in self._store.keys_before(entity_prefix(SERVES_CHUNK, routing), serve_cutoff):
+            writes[key] = None
+        for key in self._store.keys_before(entity_prefix(REWARDED, routing), reward_cutoff):
+            writes[key] = None
+        return writes
+

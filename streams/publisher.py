@@ -26,8 +26,10 @@ from sluice.core.guardrails import apply_guardrails
 from sluice.core.policies import PolicyContext, policy_probabilities
 from sluice.core.spec import ExperimentSpec
 from sluice.core.stats.significance import srm_test
-from sluice.core.sufficient import DAY_MS, ArmStatistics, window_hours
-from streams.state import COUNT, FIELDS, SERVES, SUM, SUM_SQ, EntityState, entity_of
+from sluice.core.sufficient import DAY_MS, ArmCounters, ArmStatistics, window_hours
+from streams.state import EntityState, entity_of
+
+SERVES, COUNT, SUM, SUM_SQ = ArmCounters.SERVES, ArmCounters.COUNT, ArmCounters.TOTAL, ArmCounters.TOTAL_SQ
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,7 @@ class Publication:
 def window_totals(state: EntityState, window_ms: int) -> NDArray[np.float64]:
     """Per arm of `state.arms`: [serves, count, sum, sum_sq] summed over the window ending
     at the newest event time, shape (K, 4)."""
-    first, last = window_hours(state.max_event_ms, window_ms)
-    total = np.zeros(FIELDS * len(state.arms))
-    for hour, row in state.hours.items():
-        if first <= hour <= last:
-            total += row
-    return total.reshape(len(state.arms), FIELDS)
+    return state.hours.window(state.max_event_ms, window_ms).values[:, :len(state.arms)].T
 
 
 def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int) -> Publication:

@@ -1,56 +1,55 @@
-"""The stream worker's state, and how it is kept in one Faust table.
+"""The stream worker's state: what it keeps, and the keys and bytes it keeps it under.
 
-Per (experiment, entity) the worker holds an `EntityState` (hourly per-arm statistics, the
-input offsets they include, the publication bookkeeping) and its serve records (a serve's
-arm and time and attributed reward, or rewards waiting for a serve not yet seen). Both
-live in memory; the table holds them as *deltas*, keyed by the routing key of the
-(experiment, entity) — the Kafka key of its serves and rewards, `exp \\x1f entity` — a
-record separator, the kind `D` and a sequence number:
+Per (experiment, entity) — its *routing key*, the Kafka key of its serves and rewards,
+`experiment \\x1f entity` — the worker keeps:
 
-    routing + b"\\x1eD" + seq (8 bytes, big-endian) → Delta(state, changed records, snapshot?)
+- an `EntityState`: hourly per-arm counters (`sluice.core.sufficient.HourlyStatistics` of
+  `ArmCounters`) and the bookkeeping of its publications. Held in memory for the
+  partitions the worker owns; its size depends on arms and hours, never on traffic;
+- the serve ids it has counted, for as long as a duplicate may still come (`dedup_ms`),
+  and a record per *rewarded* serve (binary: rewarded once; continuous: its total so far),
+  for twice the attribution window. These live on local disk (`streams.store`), never in
+  memory. Nothing is kept for a serve that gets no reward: its serve id (a serve token,
+  `sluice.core.serve_token`) tells a later reward its arm, time and in-experiment flag.
 
-One delta per (experiment, entity) per batch, not one changelog message per serve: Faust's
-cost per produced message is what limits throughput. A delta carries the whole state, so
-a batch's effect on an entity lands entirely or not at all; folding the deltas in
-sequence order gives state and records back after a restart or a rebalance. A snapshot
-delta carries every live record and replaces the older deltas, which are then deleted.
+Every change is written to the compacted changelog topic (keys below, values ≤ the
+configured message limit) in the same Kafka transaction as the input offsets it
+consumed, and then to the local store; a worker that takes a partition reads the
+changelog from its local checkpoint on. Keys (bytes):
 
-`partition_of` places every key in the partition of its routing key, which is the
-partition its events came from, so a worker that owns an input partition owns its state,
-and recovery brings the state to the same place.
+    E routing                      EntityState header (JSON)
+    A routing                      the bucket allocation of its latest weight table (JSON)
+    H routing RS hour              ArmCounters of one hour (little-endian float64, with its shape)
+    R routing RS hour unique       a rewarded serve: flags (1 byte) + total (float64)
+    S routing RS hour seq          serve ids counted in one batch: 12-byte uniques, concatenated
+
+(RS = \\x1e, hour = 4 bytes big-endian, unique = the 12 bytes of a token's hex unique,
+seq = 8 bytes big-endian). An `S` chunk is exploded into one local key per serve id
+(`s routing RS hour unique`) for lookups. A deleted key is a tombstone (null value).
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import orjson
-from aiokafka.partitioner import murmur2
 
+from sluice.core.sufficient import ArmCounters, HourlyStatistics
 from sluice.kafka.clients import KEY_SEPARATOR
 
-KIND_SEPARATOR = b"\x1e"
-DELTA = b"D"
+RS = b"\x1e"
+HEADER, ALLOCATION, HOUR, REWARDED, SERVES_CHUNK, SERVE_ID = b"E", b"A", b"H", b"R", b"S", b"s"
 _KEY_SEP = KEY_SEPARATOR.encode()
+_HOUR = struct.Struct(">I")
+_SEQ = struct.Struct(">Q")
+_REWARDED = struct.Struct("<Bd")
+_SHAPE = struct.Struct("<HI")
+UNIQUE_BYTES = 12
 
-# Per arm and hour: serves, observations (in-experiment serves), sum, sum of squares.
-SERVES, COUNT, SUM, SUM_SQ = range(4)
-FIELDS = 4
-
-
-def delta_key(routing: bytes, seq: int) -> bytes:
-    return routing + KIND_SEPARATOR + DELTA + seq.to_bytes(8, "big")
-
-
-def delta_seq(key: bytes) -> int:
-    return int.from_bytes(key[-8:], "big")
-
-
-def split_key(key: bytes) -> tuple[bytes, bytes]:
-    """(routing key, kind) of a table key."""
-    routing, _, rest = key.partition(KIND_SEPARATOR)
-    return routing, rest[:1]
+REWARDED_ONCE = 1  # flag: a binary reward of 1 was counted for this serve
 
 
 def experiment_of(routing: bytes) -> str:
@@ -61,32 +60,109 @@ def entity_of(routing: bytes) -> str:
     return routing.split(_KEY_SEP, 1)[1].decode()
 
 
-def partition_of(key: bytes, num_partitions: int) -> int:
-    """Partition of a table key: that of its routing key under Kafka's default (murmur2)
-    partitioner, as the Java client, aiokafka and our confluent producers compute it."""
-    routing = key.partition(KIND_SEPARATOR)[0]
-    return (murmur2(routing) & 0x7FFFFFFF) % num_partitions
+# -- keys -------------------------------------------------------------------------------
+
+def header_key(routing: bytes) -> bytes:
+    return HEADER + routing
+
+
+def allocation_key(routing: bytes) -> bytes:
+    return ALLOCATION + routing
+
+
+def hour_key(routing: bytes, hour: int) -> bytes:
+    return HOUR + routing + RS + _HOUR.pack(hour)
+
+
+def rewarded_key(routing: bytes, hour: int, unique: bytes) -> bytes:
+    return REWARDED + routing + RS + _HOUR.pack(hour) + unique
+
+
+def serves_chunk_key(routing: bytes, hour: int, seq: int) -> bytes:
+    return SERVES_CHUNK + routing + RS + _HOUR.pack(hour) + _SEQ.pack(seq)
+
+
+def serve_id_key(routing: bytes, hour: int, unique: bytes) -> bytes:
+    return SERVE_ID + routing + RS + _HOUR.pack(hour) + unique
+
+
+def entity_prefix(kind: bytes, routing: bytes) -> bytes:
+    """The prefix of every key of `kind` of one (experiment, entity), in hour order."""
+    return kind + routing + RS
+
+
+def split_key(key: bytes) -> tuple[bytes, bytes, int | None]:
+    """(kind, routing, hour or None) of a key."""
+    kind = key[:1]
+    if kind in (HEADER, ALLOCATION):
+        return kind, key[1:], None
+    routing, _, rest = key[1:].partition(RS)
+    return kind, routing, _HOUR.unpack_from(rest)[0]
+
+
+def hour_of_key(key: bytes, prefix_len: int) -> int:
+    """The hour of an H/R/S/s key whose routing prefix (kind + routing + RS) is `prefix_len` long."""
+    return _HOUR.unpack_from(key, prefix_len)[0]
+
+
+# -- values -----------------------------------------------------------------------------
+
+def encode_counters(counters: ArmCounters) -> bytes:
+    fields, arms = counters.values.shape
+    return _SHAPE.pack(fields, arms) + counters.values.astype("<f8").tobytes()
+
+
+def decode_counters(data: bytes, num_arms: int) -> ArmCounters:
+    """An hour's counters, padded to `num_arms` arms and to today's fields (fields are only
+    ever appended, so an hour written by an older worker reads as zeros in the new ones)."""
+    fields, arms = _SHAPE.unpack_from(data)
+    values = np.frombuffer(data, dtype="<f8", offset=_SHAPE.size).reshape(fields, arms)
+    out = np.zeros((len(ArmCounters.FIELDS), num_arms))
+    out[:min(fields, out.shape[0]), :arms] = values[:out.shape[0]]
+    return ArmCounters(out)
+
+
+@dataclass
+class Rewarded:
+    """What is kept of a serve once it has a reward: whether a binary reward was counted,
+    and the sum of its continuous rewards."""
+
+    flags: int = 0
+    total: float = 0.0
+
+    def to_bytes(self) -> bytes:
+        return _REWARDED.pack(self.flags, self.total)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Rewarded:
+        return cls(*_REWARDED.unpack(data))
+
+
+def unique_bytes(unique_hex: str) -> bytes:
+    return bytes.fromhex(unique_hex)
+
+
+def chunk_uniques(data: bytes) -> list[bytes]:
+    """The serve-id uniques of an `S` chunk."""
+    return [data[i:i + UNIQUE_BYTES] for i in range(0, len(data), UNIQUE_BYTES)]
 
 
 @dataclass
 class EntityState:
-    """Statistics and bookkeeping of one (experiment, entity).
+    """Counters and bookkeeping of one (experiment, entity).
 
-    arms: every arm ever seen, in order of first appearance (arms are appended, never
-    removed, so indices stay valid for the serve records). hours: event-time hour →
-    flat list `[arm0 serves, arm0 count, arm0 sum, arm0 sum_sq, arm1 serves, ...]`.
+    arms: every arm ever seen, in order of first appearance (appended, never removed, so an
+    arm keeps its index in every hour). hours: event-time hour → `ArmCounters`.
     """
 
     arms: list[str] = field(default_factory=list)
-    hours: dict[int, list[float]] = field(default_factory=dict)
-    max_event_ms: int = 0
-    first_event_ms: int = 0  # the oldest event time seen: how long the experiment has run here
-    serve_offset: int = -1  # statistics include serves up to this input offset
-    reward_offset: int = -1  # ... and rewards up to this one
+    hours: HourlyStatistics[ArmCounters] = field(default_factory=lambda: HourlyStatistics(ArmCounters.zeros(1)))
+    max_event_ms: int = 0  # newest event time seen: the end of the window
+    first_event_ms: int = 0  # oldest event time seen: how long the experiment has run here
     newest_input_ms: int = 0  # Kafka timestamp of the newest input applied (freshness)
-    changes: int = 0  # batches that changed the statistics
+    changes: int = 0  # batches that changed the counters
     published_changes: int = 0  # `changes` as of the latest publication
-    delta_seq: int = 0  # sequence number of the newest delta of serve records
+    serve_chunks: int = 0  # sequence number of the newest `S` chunk
     version: int = 0  # latest published weight-table version
     decision: str = ""  # verdict/rule/winner of the latest published decision
     allocation: list[list[list[int]]] | None = None  # its bucket ranges, per arm of `arms`
@@ -97,110 +173,32 @@ class EntityState:
             return self.arms.index(arm)
         except ValueError:
             self.arms.append(arm)
-            for row in self.hours.values():
-                row.extend((0.0,) * FIELDS)
+            if len(self.arms) > self.hours.num_arms:
+                self.hours = self.hours.with_arms(len(self.arms))
             return len(self.arms) - 1
-
-    def row(self, hour: int) -> list[float]:
-        row = self.hours.get(hour)
-        if row is None:
-            row = self.hours[hour] = [0.0] * (FIELDS * len(self.arms))
-        return row
 
     @property
     def dirty(self) -> bool:
         return self.changes != self.published_changes
 
-    def to_bytes(self) -> bytes:
+    def header_bytes(self) -> bytes:
         return orjson.dumps({
-            "arms": self.arms, "hours": {str(h): r for h, r in self.hours.items()},
-            "max_event_ms": self.max_event_ms, "first_event_ms": self.first_event_ms, "serve_offset": self.serve_offset,
-            "reward_offset": self.reward_offset, "newest_input_ms": self.newest_input_ms,
-            "changes": self.changes, "published_changes": self.published_changes, "delta_seq": self.delta_seq,
-            "version": self.version, "decision": self.decision,
-            "allocation": self.allocation, "num_buckets": self.num_buckets,
+            "arms": self.arms, "max_event_ms": self.max_event_ms, "first_event_ms": self.first_event_ms,
+            "newest_input_ms": self.newest_input_ms, "changes": self.changes,
+            "published_changes": self.published_changes, "serve_chunks": self.serve_chunks, "version": self.version,
+            "decision": self.decision,
         })
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> EntityState:
-        d = orjson.loads(data)
-        d["hours"] = {int(h): r for h, r in d["hours"].items()}
-        return cls(**d)
-
-
-# A serve record: serve time, arm index (-1 while only rewards are known), flags, reward
-# total, the offsets of the serve and of the newest reward it includes, then the rewards
-# that arrived before their serve (value, time, offset), if any.
-_RECORD = struct.Struct("<qhBdqq")
-_PENDING = struct.Struct("<dqq")
-IN_EXPERIMENT, REWARDED = 1, 2
-
-
-@dataclass
-class ServeRecord:
-    serve_ms: int = 0
-    arm: int = -1
-    flags: int = 0
-    total: float = 0.0
-    serve_offset: int = -1
-    reward_offset: int = -1
-    pending: list[tuple[float, int, int]] = field(default_factory=list)  # (value, time ms, offset)
-
-    @property
-    def has_serve(self) -> bool:
-        return self.arm >= 0
-
-    @property
-    def in_experiment(self) -> bool:
-        return bool(self.flags & IN_EXPERIMENT)
-
-    @property
-    def rewarded(self) -> bool:
-        return bool(self.flags & REWARDED)
-
-    def to_bytes(self) -> bytes:
-        head = _RECORD.pack(self.serve_ms, self.arm, self.flags, self.total, self.serve_offset, self.reward_offset)
-        return head + b"".join(_PENDING.pack(*p) for p in self.pending)
+    def allocation_bytes(self) -> bytes:
+        return orjson.dumps({"allocation": self.allocation, "num_buckets": self.num_buckets})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ServeRecord:
-        serve_ms, arm, flags, total, serve_offset, reward_offset = _RECORD.unpack_from(data)
-        pending = [_PENDING.unpack_from(data, off) for off in range(_RECORD.size, len(data), _PENDING.size)]
-        return cls(serve_ms, arm, flags, total, serve_offset, reward_offset, pending)
-
-
-_LENGTHS = struct.Struct("<HH")
-_HEAD = struct.Struct("<BI")
-
-
-@dataclass
-class Delta:
-    """One write of an (experiment, entity): its whole state and the serve records that
-    changed (all of them when `snapshot`: then earlier deltas no longer count)."""
-
-    state: EntityState
-    records: dict[str, ServeRecord]
-    snapshot: bool = False
-
-    def to_bytes(self) -> bytes:
-        state = self.state.to_bytes()
-        parts = [_HEAD.pack(int(self.snapshot), len(state)), state]
-        for serve_id, rec in self.records.items():
-            sid, body = serve_id.encode(), rec.to_bytes()
-            parts.append(_LENGTHS.pack(len(sid), len(body)) + sid + body)
-        return b"".join(parts)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Delta:
-        snapshot, n_state = _HEAD.unpack_from(data)
-        pos = _HEAD.size + n_state
-        state = EntityState.from_bytes(data[_HEAD.size:pos])
-        records = {}
-        while pos < len(data):
-            n_sid, n_body = _LENGTHS.unpack_from(data, pos)
-            pos += _LENGTHS.size
-            sid = data[pos:pos + n_sid].decode()
-            pos += n_sid
-            records[sid] = ServeRecord.from_bytes(data[pos:pos + n_body])
-            pos += n_body
-        return cls(state, records, bool(snapshot))
+    def from_bytes(cls, header: bytes, hours: dict[int, bytes], allocation: bytes | None = None) -> EntityState:
+        """The state from its header, its hours' values and its allocation."""
+        fields: dict[str, Any] = orjson.loads(header)
+        if allocation is not None:
+            fields.update(orjson.loads(allocation))
+        state = cls(**fields)
+        k = max(1, len(state.arms))
+        state.hours = HourlyStatistics(ArmCounters.zeros(k), {h: decode_counters(v, k) for h, v in hours.items()})
+        return state

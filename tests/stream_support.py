@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sluice.core.serve_token import ServeTokenError, format_serve_id, parse_serve_id
 from sluice.core.spec import ExperimentSpec, spec_from_mapping
 from sluice.kafka.clients import entity_key
 from sluice.kafka.io import AvroProducer, read_to_end
@@ -52,7 +53,8 @@ class Traffic:
 
     def serve(self, exp: str, entity: str, arm: str, ts: int, *, in_experiment: bool = True,
               serve_id: str | None = None) -> str:
-        serve_id = serve_id or str(uuid.uuid4())
+        """Log a serve; its serve id is the serve token an SDK would make (or `serve_id`)."""
+        serve_id = serve_id or format_serve_id(uuid.uuid4().hex[:24], ts, in_experiment, arm)
         self.events.append(("serves", entity_key(exp, entity), {
             "event_id": str(uuid.uuid4()), "serve_id": serve_id, "experiment_id": exp, "entity": entity,
             "unit_id": f"u-{uuid.uuid4().hex[:8]}", "arm": arm, "in_experiment": in_experiment,
@@ -87,7 +89,12 @@ class Traffic:
 
 
 def expected_statistics(traffic: Traffic, specs: dict[str, ExperimentSpec]) -> dict[tuple[str, str], dict[str, tuple]]:
-    """(experiment, entity) → arm → (serves, count, sum, sum_squares) over each key's window."""
+    """(experiment, entity) → arm → (serves, count, sum, sum_squares) over each key's window.
+
+    Serves count in the hour of their time (a serve id counts once); a reward counts for the
+    serve its serve id names (arm, time, in-experiment flag: a serve token), whether or not
+    the serve itself was logged, when its name is the experiment's reward and it comes
+    within the attribution window after that serve's time."""
     serves: dict[str, dict[str, Any]] = {}
     rewards: dict[str, list[dict[str, Any]]] = defaultdict(list)
     newest: dict[tuple[str, str], int] = defaultdict(int)
@@ -98,26 +105,36 @@ def expected_statistics(traffic: Traffic, specs: dict[str, ExperimentSpec]) -> d
         else:
             rewards[r["serve_id"]].append(r)
     out: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for sid, s in serves.items():
+
+    def first_hour(key: tuple[str, str]) -> int:
+        return (newest[key] - specs[key[0]].window_ms) // HOUR_MS
+
+    for s in serves.values():
         key = (s["experiment_id"], s["entity"])
-        spec = specs[s["experiment_id"]]
-        first_hour = (newest[key] - spec.window_ms) // HOUR_MS
-        if s["timestamp"] // HOUR_MS < first_hour:
+        if s["timestamp"] // HOUR_MS < first_hour(key):
             continue
         acc = out.setdefault(key, {}).setdefault(s["arm"], [0, 0, 0.0, 0.0])
         acc[0] += 1
-        if not s["in_experiment"]:
+        acc[1] += 1 if s["in_experiment"] else 0
+    for sid, rs in rewards.items():
+        key = (rs[0]["experiment_id"], rs[0]["entity"])
+        spec = specs[key[0]]
+        try:
+            token = parse_serve_id(sid)
+        except ServeTokenError:
+            continue  # dead-lettered
+        if not token.in_experiment or token.hour < first_hour(key):
             continue
-        acc[1] += 1
         total = 0.0
-        for r in rewards.get(sid, []):
-            if r["name"] != spec.reward.name or r["timestamp"] - s["timestamp"] > spec.reward.attribution_window_ms:
+        for r in rs:
+            if r["name"] != spec.reward.name or r["timestamp"] - token.serve_ms > spec.reward.attribution_window_ms:
                 continue
             total = 1.0 if spec.reward.type == "binary" and r["value"] == 1.0 else (
                 total if spec.reward.type == "binary" else total + r["value"])
+        acc = out.setdefault(key, {}).setdefault(token.arm, [0, 0, 0.0, 0.0])
         acc[2] += total
         acc[3] += total * total
-    return {k: {a: tuple(v) for a, v in arms.items()} for k, arms in out.items()}
+    return {k: {a: tuple(v) for a, v in arms.items() if v[0]} for k, arms in out.items()}
 
 
 def latest_tables(bootstrap: str, prefix: str, serde: Any) -> dict[tuple[str, str], dict[str, Any]]:

@@ -4,16 +4,19 @@
 sum of squared rewards (arrays of shape (K,)). They add: partitions, hours and workers
 combine by `+`, so a recomputation from raw events gives the same numbers.
 
-`HourlyStatistics` keeps one `ArmStatistics` per event-time hour (hour index =
-epoch milliseconds // 3,600,000). `window` sums the hours that overlap
-[end − length, end]; `expire` drops hours wholly before the window. Both are plain
-functions of the state and the times passed in: no clock is read here.
+`HourlyStatistics` keeps one tally per event-time hour (hour index = epoch milliseconds //
+3,600,000): `ArmStatistics`, or the stream worker's `ArmCounters` (serves beside the
+reward statistics). `window` sums the hours that overlap [end − length, end]; `expire`
+drops hours wholly before the window. This is the one implementation of the window: the
+worker, the tests and the tools all use it. Both are plain functions of the state and the
+times passed in: no clock is read here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -114,63 +117,165 @@ class ArmStatistics:
         return cls.of(*lists)
 
 
+class Tally(Protocol):
+    """What `HourlyStatistics` needs of the statistics it keeps per hour: per-arm values
+    that add, and can grow by empty arms."""
+
+    @property
+    def num_arms(self) -> int: ...
+
+    def __add__(self: T, other: T) -> T: ...
+
+    def with_arms(self: T, num_arms: int) -> T: ...
+
+
+T = TypeVar("T", bound=Tally)
+
+
 @dataclass(frozen=True)
-class HourlyStatistics:
-    """Per-arm statistics in event-time hourly buckets: hour index → `ArmStatistics`."""
+class ArmCounters:
+    """What the stream worker counts per arm in a span of time, as one array of shape
+    (len(FIELDS), K): `serves` (every logged serve, in the experiment or not), and over the
+    in-experiment serves, the reward statistics `count`, `total`, `total_sq`."""
 
-    num_arms: int
-    hours: Mapping[int, ArmStatistics] = field(default_factory=dict)
+    values: NDArray[np.float64]
 
-    def add(self, hour: int, stats: ArmStatistics) -> HourlyStatistics:
+    FIELDS: ClassVar[tuple[str, ...]] = ("serves", "count", "total", "total_sq")
+    SERVES, COUNT, TOTAL, TOTAL_SQ = range(4)
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 2 or self.values.shape[0] != len(self.FIELDS):
+            raise StatisticsInputError(f"counters must have shape ({len(self.FIELDS)}, K), got {self.values.shape}")
+
+    @classmethod
+    def zeros(cls, num_arms: int) -> ArmCounters:
+        if num_arms < 1:
+            raise StatisticsInputError(f"num_arms must be at least 1, but {num_arms} is given")
+        return cls(np.zeros((len(cls.FIELDS), num_arms)))
+
+    @property
+    def num_arms(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def serves(self) -> NDArray[np.float64]:
+        return self.values[self.SERVES]
+
+    @property
+    def rewards(self) -> ArmStatistics:
+        """The reward statistics of the in-experiment serves."""
+        v = self.values
+        return ArmStatistics(v[self.COUNT], v[self.TOTAL], v[self.TOTAL_SQ])
+
+    def __add__(self, other: ArmCounters) -> ArmCounters:
+        if other.num_arms != self.num_arms:
+            raise StatisticsInputError(f"cannot add counters of {self.num_arms} and {other.num_arms} arms")
+        return ArmCounters(self.values + other.values)
+
+    def with_arms(self, num_arms: int) -> ArmCounters:
+        """The same counters padded with empty arms (a new arm joined the experiment)."""
+        if num_arms < self.num_arms:
+            raise StatisticsInputError(f"cannot shrink counters from {self.num_arms} to {num_arms} arms")
+        return ArmCounters(np.pad(self.values, ((0, 0), (0, num_arms - self.num_arms))))
+
+    def to_lists(self) -> list[list[float]]:
+        return self.values.tolist()
+
+    @classmethod
+    def from_lists(cls, lists: list[list[float]]) -> ArmCounters:
+        return cls(np.asarray(lists, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class HourlyStatistics(Generic[T]):
+    """Per-arm statistics in event-time hourly buckets: hour index → a `Tally`
+    (`ArmStatistics`, or the worker's `ArmCounters`). `zero` is the empty tally of the
+    arms; every hour has as many arms as `zero`."""
+
+    zero: T
+    hours: Mapping[int, T] = field(default_factory=dict)
+
+    @classmethod
+    def of_rewards(cls, num_arms: int) -> HourlyStatistics[ArmStatistics]:
+        """Empty hourly reward statistics of `num_arms` arms."""
+        return HourlyStatistics(ArmStatistics.zeros(num_arms))
+
+    @property
+    def num_arms(self) -> int:
+        return self.zero.num_arms
+
+    def add(self, hour: int, stats: T) -> HourlyStatistics[T]:
         """A new state with `stats` added to `hour`."""
+        if stats.num_arms != self.num_arms:
+            raise StatisticsInputError(f"cannot add statistics of {stats.num_arms} arms to hours of {self.num_arms}")
         hours = dict(self.hours)
         hours[hour] = hours[hour] + stats if hour in hours else stats
-        return HourlyStatistics(self.num_arms, hours)
+        return HourlyStatistics(self.zero, hours)
 
-    def add_rewards(self, arms: ArrayLike, rewards: ArrayLike, times_ms: ArrayLike) -> HourlyStatistics:
+    def add_rewards(self: HourlyStatistics[ArmStatistics], arms: ArrayLike, rewards: ArrayLike,
+                    times_ms: ArrayLike) -> HourlyStatistics[ArmStatistics]:
         """A new state with observations (arm, reward, event time in epoch ms) added."""
         a = np.asarray(arms, dtype=np.int64)
         r = np.asarray(rewards, dtype=np.float64)
         h = np.asarray(times_ms, dtype=np.int64) // HOUR_MS
-        state: HourlyStatistics = self
+        state = self
         for hour in np.unique(h):
             sel = h == hour
             state = state.add(int(hour), ArmStatistics.from_rewards(a[sel], r[sel], self.num_arms))
         return state
 
-    def merge(self, other: HourlyStatistics) -> HourlyStatistics:
+    def merge(self, other: HourlyStatistics[T]) -> HourlyStatistics[T]:
         """The state holding the observations of both (order does not matter)."""
         if other.num_arms != self.num_arms:
             raise StatisticsInputError(f"cannot merge statistics of {self.num_arms} and {other.num_arms} arms")
-        state: HourlyStatistics = self
+        state = self
         for hour, stats in other.hours.items():
             state = state.add(hour, stats)
         return state
 
-    def window(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> ArmStatistics:
+    def with_arms(self, num_arms: int) -> HourlyStatistics[T]:
+        """The same hours with empty arms appended (arms keep their index)."""
+        if num_arms == self.num_arms:
+            return self
+        return HourlyStatistics(self.zero.with_arms(num_arms), {h: s.with_arms(num_arms) for h, s in self.hours.items()})
+
+    def window(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> T:
         """Sum of the hours that overlap [end_ms − length_ms, end_ms]."""
         first, last = window_hours(end_ms, length_ms)
-        total = ArmStatistics.zeros(self.num_arms)
+        total = self.zero
         for hour, stats in self.hours.items():
             if first <= hour <= last:
                 total = total + stats
         return total
 
-    def expire(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> HourlyStatistics:
+    def in_window(self, time_ms: int, end_ms: int, length_ms: int = 7 * DAY_MS) -> bool:
+        """Whether an event at `time_ms` falls in an hour the window of `end_ms` still holds."""
+        return time_ms // HOUR_MS >= window_hours(end_ms, length_ms)[0]
+
+    def expire(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> HourlyStatistics[T]:
         """A new state without the hours that ended before the window started."""
         first, _ = window_hours(end_ms, length_ms)
-        return HourlyStatistics(self.num_arms, {h: s for h, s in self.hours.items() if h >= first})
+        if all(h >= first for h in self.hours):
+            return self
+        return HourlyStatistics(self.zero, {h: s for h, s in self.hours.items() if h >= first})
+
+    def expired_hours(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> list[int]:
+        """The hours `expire` would drop."""
+        first, _ = window_hours(end_ms, length_ms)
+        return sorted(h for h in self.hours if h < first)
 
     def to_dict(self) -> dict[str, object]:
-        """Plain JSON-able form: {"num_arms": K, "hours": {"hour": [count, total, total_sq]}}."""
-        return {"num_arms": self.num_arms, "hours": {str(h): s.to_lists() for h, s in sorted(self.hours.items())}}
+        """Plain JSON-able form: {"num_arms": K, "hours": {"hour": tally.to_lists()}}."""
+        return {"num_arms": self.num_arms, "hours": {str(h): s.to_lists() for h, s in sorted(self.hours.items())}}  # type: ignore[attr-defined]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> HourlyStatistics:
+    def from_dict(cls, data: Mapping[str, object], kind: type = ArmStatistics) -> HourlyStatistics[Any]:
+        """The state `to_dict` wrote; `kind` is the tally class (ArmStatistics or ArmCounters)."""
         hours = data["hours"]
         if not isinstance(hours, Mapping):
             raise StatisticsInputError(f"hours must be a mapping, but {type(hours).__name__} is given")
-        return cls(int(data["num_arms"]), {int(h): ArmStatistics.from_lists(v) for h, v in hours.items()})  # type: ignore[arg-type]
+        zero = kind.zeros(int(data["num_arms"]))  # type: ignore[call-overload]
+        return cls(zero, {int(h): kind.from_lists(v) for h, v in hours.items()})
 
 
 def window_hours(end_ms: int, length_ms: int) -> tuple[int, int]:

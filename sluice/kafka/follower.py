@@ -69,9 +69,10 @@ class CompactedTopicFollower(Generic[V]):
             self._thread.join(10)
 
     def _run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-        consumer = Consumer(consumer_config(self._bootstrap, group_id=f"follower-unused-{self.topic}", **{"log_level": 2}))
+        consumer = Consumer(consumer_config(self._bootstrap, group_id=f"follower-unused-{self.topic}",
+                                            **{"log_level": 2, "enable.partition.eof": True}))
         try:
             partitions = self._partitions(consumer)
             ends: dict[int, int] = {}
@@ -84,14 +85,21 @@ class CompactedTopicFollower(Generic[V]):
                 self.ready.set()
             while not self._stop.is_set():
                 for msg in consumer.consume(num_messages=1000, timeout=self._poll_timeout_s):
+                    p = msg.partition()
                     if msg.error() is not None:
-                        log.warning("following %s: %s", self.topic, msg.error())
-                        continue
-                    self._apply(msg.key(), msg.value(), msg.offset())
-                    if not self.ready.is_set() and msg.partition() in ends and msg.offset() + 1 >= ends[msg.partition()]:
-                        del ends[msg.partition()]
-                        if not ends:
-                            self.ready.set()
+                        # With transactions the end of a partition is a commit marker, which no
+                        # message carries: the end shows as an EOF event at or past it.
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            if p in ends and msg.offset() >= ends[p]:
+                                del ends[p]
+                        else:
+                            log.warning("following %s: %s", self.topic, msg.error())
+                    else:
+                        self._apply(msg.key(), msg.value(), msg.offset())
+                        if p in ends and msg.offset() + 1 >= ends[p]:
+                            del ends[p]
+                    if not ends and not self.ready.is_set():
+                        self.ready.set()
         except BaseException as exc:  # noqa: BLE001 - surfaced to the owner through wait_ready
             self._error = exc
             log.exception("following %s stopped", self.topic)

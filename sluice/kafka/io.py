@@ -79,9 +79,9 @@ def read_topics(
     Uses manual assignment (no consumer group). Raises `KafkaAdapterError` on timeout,
     saying how many messages did arrive.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-    consumer = Consumer(consumer_config(bootstrap, group_id="sluice-reader-unused"))
+    consumer = Consumer(consumer_config(bootstrap, group_id="sluice-reader-unused", **{"enable.partition.eof": True}))
     try:
         metadata = consumer.list_topics(timeout=10)
         assignment = []
@@ -102,9 +102,15 @@ def read_topics(
                 wanted = f"{count}" if stop_at is None else "the end offsets"
                 raise KafkaAdapterError(f"read {len(out)} messages of {wanted} from {', '.join(topics)} within {timeout_s:.0f} s")
             for msg in consumer.consume(num_messages=10_000, timeout=0.5):
-                if msg.error() is not None:
-                    raise KafkaAdapterError(f"consuming {msg.topic()}: {msg.error()}")
                 tp = (msg.topic(), msg.partition())
+                if msg.error() is not None:
+                    # The end of a partition: with transactions, the last offsets are commit
+                    # markers that no message carries, so the end shows as an EOF event.
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        if tp in pending and msg.offset() >= pending[tp]:
+                            del pending[tp]
+                        continue
+                    raise KafkaAdapterError(f"consuming {msg.topic()}: {msg.error()}")
                 if stop_at is not None:
                     if tp not in pending:
                         continue

@@ -50,6 +50,11 @@ class TopicNames:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq.v1"
 
+    @property
+    def worker_state(self) -> str:
+        """The stream workers' changelog (`streams.state`): internal, compacted."""
+        return f"{self.prefix}.worker-state.v1"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -85,6 +90,7 @@ def topic_specs(
         TopicSpec(names.alerts, 1, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}, "Alert by experiment id"),
         TopicSpec(names.decisions, 1, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}, "Decision by experiment id"),
         TopicSpec(names.dlq, partitions, {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)}, "rejected input, reason in headers"),
+        TopicSpec(names.worker_state, partitions, compacted, "the stream workers' state changes, partitioned as the input"),
     ]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sluice.core.serve_token import format_serve_id
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 from sluice.kafka.dlq import read_headers
@@ -158,19 +159,30 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_rest_counts(stream,
     assert worker.metric("sluice_stream_rejected_total", topic="serves", reason="unknown_arm") == 1
 
 
-def test_late_and_unknown_rewards_are_counted_and_ignored(stream, serde) -> None:
-    worker = stream.start("w1", "--expire-interval", "0.3", "--orphan-grace-hours", "1")
+def test_late_early_duplicate_and_malformed_rewards(stream, serde) -> None:
+    worker = stream.start("w1", "--expire-interval", "0.3")
     start = int(time.time() * 1000) - 3 * DAY_MS
     traffic = Traffic()
     late = traffic.serve("exp", "site-1", "a", start)
     traffic.reward("exp", "site-1", late, 1.0, start + 25 * HOUR_MS)  # attribution window is 24 h
-    traffic.reward("exp", "site-1", "never-served", 1.0, start + HOUR_MS)
-    traffic.serve("exp", "site-1", "b", start + 26 * HOUR_MS)  # moves event time past the orphan grace
+    early = format_serve_id("e" * 24, start + 2 * HOUR_MS, True, "c")
+    traffic.reward("exp", "site-1", early, 1.0, start + 2 * HOUR_MS + 10)  # the reward comes first
+    traffic.serve("exp", "site-1", "c", start + 2 * HOUR_MS, serve_id=early)
+    twice = traffic.serve("exp", "site-1", "b", start + 3 * HOUR_MS)
+    traffic.events.append(traffic.events[-1])  # the same serve logged again
+    traffic.reward("exp", "site-1", twice, 1.0, start + 3 * HOUR_MS + 10)
+    traffic.reward("exp", "site-1", twice, 1.0, start + 3 * HOUR_MS + 20)  # a second click counts once
+    traffic.reward("exp", "site-1", "3f2504e0-4f89-41d3-9a0c-0305e82c3301", 1.0, start + HOUR_MS)  # not a token
+    traffic.serve("exp", "site-1", "a", start + 52 * HOUR_MS)  # moves event time past every horizon
     traffic.produce(stream.bootstrap, stream.prefix, serde)
     wait_for_statistics(stream.bootstrap, stream.prefix, serde, {("exp", "site-1"): {
-        "a": (1, 1, 0.0, 0.0), "b": (1, 1, 0.0, 0.0)}})
+        "a": (2, 2, 0.0, 0.0), "b": (1, 1, 1.0, 1.0), "c": (1, 1, 1.0, 1.0)}})
     worker.wait_metric("sluice_stream_attribution_total", 1, outcome="after_window")
-    worker.wait_metric("sluice_stream_attribution_total", 1, outcome="unknown_serve")
+    worker.wait_metric("sluice_stream_attribution_total", 1, outcome="duplicate")
+    worker.wait_metric("sluice_stream_attribution_total", 1, outcome="duplicate_serve")
+    worker.wait_metric("sluice_stream_rejected_total", 1, topic="rewards", reason="invalid_serve_id")
+    # The serve ids and rewarded serves of the first hours aged out of the store.
+    worker.wait_metric_above("sluice_stream_expired_total", 0, table="records")
 
 
 def test_the_window_crosses_the_seven_day_edge(stream, serde) -> None:

@@ -1,5 +1,6 @@
 """The stream worker's batch logic without Kafka: attribution rules, windows, dead letters,
-and idempotence under replays and crashes between state writes."""
+the state it stores (a real local RocksDB store, as the worker commits it), bounded writes,
+expiry, and what a restart finds."""
 
 from __future__ import annotations
 
@@ -10,50 +11,70 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sluice.core.serve_token import format_serve_id
 from sluice.core.spec import ExperimentSpec
 from sluice.kafka.clients import entity_key
-from streams.processor import InputEvent, Processor
+from sluice.kafka.partitions import partition_for_key
+from streams.processor import BatchResult, InputEvent, Processor
 from streams.publisher import next_weight_table, window_totals
-from streams.state import delta_key, partition_of
+from streams.state import REWARDED, SERVE_ID, SERVES_CHUNK, entity_prefix
+from streams.store import LocalStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stream_support import DAY_MS, HOUR_MS, Traffic, bandit_spec, expected_statistics  # noqa: E402
 
 NOW = 1_790_000_000_000
+PARTITIONS = 4
 
 
-class RecordingStore(dict):
-    """A dict that remembers the order of writes, like a changelog partition."""
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
-        self.writes: list[tuple[bytes, bytes]] = []
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.writes.append((key, value))
-        super().__setitem__(key, value)
-
-
-def to_inputs(traffic: Traffic, serde, start_offsets: dict[str, int] | None = None) -> list[InputEvent]:
-    offsets = dict(start_offsets or {"serves": 0, "rewards": 0})
+def to_inputs(traffic: Traffic, serde, first_offset: int = 0) -> list[InputEvent]:
+    """The traffic as consumed messages, each in its key's partition."""
     out = []
     schema = {"serves": "ServeEvent", "rewards": "RewardEvent"}
-    for kind, key, record in traffic.events:
-        out.append(InputEvent(kind, f"t.{kind}", 0, offsets[kind], key, serde.encode(schema[kind], record), NOW))
-        offsets[kind] += 1
+    for offset, (kind, key, record) in enumerate(traffic.events, start=first_offset):
+        out.append(InputEvent(kind, f"t.{kind}", partition_for_key(key, PARTITIONS), offset, key,
+                              serde.encode(schema[kind], record), NOW))
     return out
 
 
-def statistics(store: dict, specs: dict[str, ExperimentSpec]) -> dict:
-    """The windowed statistics persisted in the store (as a restarted worker would find
-    them), in the shape of `expected_statistics`."""
-    out = {}
-    for routing, state in Processor(None, specs.get, store, now_ms=lambda: NOW).states.items():
-        exp, entity = routing.decode().split("\x1f")
-        totals = window_totals(state, specs[exp].window_ms)
-        out[(exp, entity)] = {a: (int(t[0]), int(t[1]), float(t[2]), float(t[3]))
-                              for a, t in zip(state.arms, totals) if t[0]}
-    return out
+class Worker:
+    """A processor whose every batch is committed to a local store, as the worker does
+    after its transaction; `restart()` is a new process on the same store."""
+
+    def __init__(self, serde, specs: dict[str, ExperimentSpec], path: Path, **options: int) -> None:
+        self.serde, self.specs, self.path, self.options = serde, specs, path, options
+        self.store = LocalStore(path)
+        self.processor = self._processor()
+
+    def _processor(self) -> Processor:
+        p = Processor(self.serde, self.specs.get, self.store, now_ms=lambda: NOW,
+                      partition_of=lambda key: partition_for_key(key, PARTITIONS), **self.options)
+        p.states.update(self.store.entities(lambda routing: True))
+        return p
+
+    def process(self, events: list[InputEvent], *, commit: bool = True) -> BatchResult:
+        result = self.processor.process(events)
+        if commit:
+            self.store.apply(result.writes.items(), {})
+        return result
+
+    def restart(self) -> Worker:
+        """A new process on the same store: memory holds only what the store gives back."""
+        self.store.close()
+        self.store = LocalStore(self.path)
+        self.processor = self._processor()
+        return self
+
+    def statistics(self) -> dict:
+        """The windowed statistics the store holds (what a restarted worker finds), in the
+        shape of `expected_statistics`."""
+        out = {}
+        for routing, state in self.store.entities(lambda routing: True).items():
+            exp, entity = routing.decode().split("\x1f")
+            totals = window_totals(state, self.specs[exp].window_ms)
+            out[(exp, entity)] = {a: (int(t[0]), int(t[1]), float(t[2]), float(t[3]))
+                                  for a, t in zip(state.arms, totals) if t[0]}
+        return out
 
 
 @pytest.fixture
@@ -61,22 +82,31 @@ def spec() -> ExperimentSpec:
     return bandit_spec("e1", ["a", "b", "c"])
 
 
-def make(serde, specs: dict[str, ExperimentSpec], store: dict | None = None) -> tuple[Processor, dict]:
-    store = RecordingStore() if store is None else store
-    return Processor(serde, specs.get, store, now_ms=lambda: NOW), store
+@pytest.fixture
+def make(serde, tmp_path):
+    stores: list[Worker] = []
+
+    def factory(specs: dict[str, ExperimentSpec], **options: int) -> Worker:
+        w = Worker(serde, specs, tmp_path / f"store-{len(stores)}", **options)
+        stores.append(w)
+        return w
+
+    yield factory
+    for w in stores:
+        w.store.close()
 
 
-def test_statistics_equal_the_recomputation(serde, spec) -> None:
+def test_statistics_equal_the_recomputation(serde, spec, make) -> None:
     traffic = Traffic()
     traffic.bandit("e1", ["x", "y"], {"a": 0.1, "b": 0.3, "c": 0.5}, 400, NOW - DAY_MS, np.random.default_rng(3))
-    processor, store = make(serde, {"e1": spec})
+    worker = make({"e1": spec})
     events = to_inputs(traffic, serde)
     for i in range(0, len(events), 97):  # batches of arbitrary size
-        processor.process(events[i:i + 97])
-    assert statistics(store, {"e1": spec}) == expected_statistics(traffic, {"e1": spec})
+        worker.process(events[i:i + 97])
+    assert worker.statistics() == expected_statistics(traffic, {"e1": spec})
 
 
-def test_binary_reward_counts_once_and_continuous_sums(serde) -> None:
+def test_binary_reward_counts_once_and_continuous_sums(serde, make) -> None:
     binary = bandit_spec("bin", ["a", "b"])
     cont = bandit_spec("cont", ["a", "b"], reward_type="continuous")
     traffic = Traffic()
@@ -85,79 +115,95 @@ def test_binary_reward_counts_once_and_continuous_sums(serde) -> None:
     traffic.reward("bin", "x", s1, 1.0, NOW - HOUR_MS + 20)  # second click of one serve: not counted
     s2 = traffic.serve("cont", "x", "b", NOW - HOUR_MS)
     traffic.reward("cont", "x", s2, 2.5, NOW - HOUR_MS + 10)
-    traffic.reward("cont", "x", s2, 1.5, NOW - HOUR_MS + 20)
-    processor, store = make(serde, {"bin": binary, "cont": cont})
-    result = processor.process(to_inputs(traffic, serde))
-    stats = statistics(store, {"bin": binary, "cont": cont})
+    worker = make({"bin": binary, "cont": cont})
+    first = worker.process(to_inputs(traffic, serde))
+    more = Traffic()
+    more.reward("cont", "x", s2, 1.5, NOW - HOUR_MS + 20)  # a later batch: the serve's total comes from the store
+    more.reward("bin", "x", s1, 1.0, NOW - HOUR_MS + 30)
+    second = worker.process(to_inputs(more, serde, 100))
+    stats = worker.statistics()
     assert stats[("bin", "x")] == {"a": (1, 1, 1.0, 1.0)}
     assert stats[("cont", "x")] == {"b": (1, 1, 4.0, 16.0)}  # one serve with reward 4: sum_sq 4²
-    assert result.outcomes["duplicate"] == 1 and result.outcomes["attributed"] == 3
+    assert first.outcomes["duplicate"] == 1 and first.outcomes["attributed"] == 2
+    assert second.outcomes == {"attributed": 1, "duplicate": 1}
 
 
-def test_reward_after_window_and_other_rewards_change_nothing(serde, spec) -> None:
+def test_reward_after_window_and_other_rewards_change_nothing(serde, spec, make) -> None:
     traffic = Traffic()
     sid = traffic.serve("e1", "x", "a", NOW - 2 * DAY_MS)
     traffic.reward("e1", "x", sid, 1.0, NOW - 2 * DAY_MS + 25 * HOUR_MS)  # window is 24 h
     traffic.reward("e1", "x", sid, 1.0, NOW - 2 * DAY_MS + HOUR_MS, name="conversion")
-    processor, store = make(serde, {"e1": spec})
-    result = processor.process(to_inputs(traffic, serde))
-    assert statistics(store, {"e1": spec}) == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
+    worker = make({"e1": spec})
+    result = worker.process(to_inputs(traffic, serde))
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
     assert result.outcomes == {"after_window": 1, "other_reward": 1}
 
 
-def test_a_reward_before_its_serve_waits_for_it(serde, spec) -> None:
+def test_a_reward_before_its_serve_counts_from_its_serve_id(serde, spec, make) -> None:
+    sid = format_serve_id("ab" * 12, NOW - 20, True, "b")
     early, late = Traffic(), Traffic()
-    early.reward("e1", "x", "s-1", 1.0, NOW - 10)
-    late.serve("e1", "x", "b", NOW - 20, serve_id="s-1")
-    processor, store = make(serde, {"e1": spec})
-    first = processor.process(to_inputs(early, serde))
-    assert first.outcomes == {"waiting_for_serve": 1}
-    second = processor.process(to_inputs(late, serde, {"serves": 0, "rewards": 1}))
-    assert second.outcomes == {"attributed": 1}
-    assert statistics(store, {"e1": spec}) == {("e1", "x"): {"b": (1, 1, 1.0, 1.0)}}
+    early.reward("e1", "x", sid, 1.0, NOW - 10)
+    late.serve("e1", "x", "b", NOW - 20, serve_id=sid)
+    worker = make({"e1": spec})
+    assert worker.process(to_inputs(early, serde)).outcomes == {"attributed": 1}
+    assert worker.process(to_inputs(late, serde, 1)).outcomes == {}
+    assert worker.statistics() == {("e1", "x"): {"b": (1, 1, 1.0, 1.0)}}
 
 
-def test_serves_outside_the_experiment_are_served_but_not_observations(serde, spec) -> None:
+def test_serves_outside_the_experiment_are_served_but_not_observations(serde, spec, make) -> None:
     traffic = Traffic()
     sid = traffic.serve("e1", "x", "a", NOW - 10, in_experiment=False)
     traffic.reward("e1", "x", sid, 1.0, NOW)
-    processor, store = make(serde, {"e1": spec})
-    result = processor.process(to_inputs(traffic, serde))
-    assert statistics(store, {"e1": spec}) == {("e1", "x"): {"a": (1, 0, 0.0, 0.0)}}
+    worker = make({"e1": spec})
+    result = worker.process(to_inputs(traffic, serde))
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 0, 0.0, 0.0)}}
     assert result.outcomes == {"outside_experiment": 1}
 
 
-def test_the_window_slides_in_event_time(serde, spec) -> None:
+def test_a_serve_logged_twice_counts_once_within_and_across_batches(serde, spec, make) -> None:
+    traffic = Traffic()
+    traffic.serve("e1", "x", "a", NOW - 10)
+    traffic.events.append(traffic.events[0])
+    worker = make({"e1": spec})
+    events = to_inputs(traffic, serde)
+    assert worker.process(events).outcomes == {"duplicate_serve": 1}
+    assert worker.restart().process(events).outcomes == {"duplicate_serve": 2}
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
+
+
+def test_the_window_slides_in_event_time(serde, spec, make) -> None:
     old, new = Traffic(), Traffic()
     old.serve("e1", "x", "a", NOW - 8 * DAY_MS)
     old.serve("e1", "x", "b", NOW - 6 * DAY_MS)
     new.serve("e1", "x", "c", NOW)
     new.serve("e1", "x", "a", NOW - 8 * DAY_MS)  # late, and outside the window by now
-    processor, store = make(serde, {"e1": spec})
-    processor.process(to_inputs(old, serde))
-    assert statistics(store, {"e1": spec}) == {("e1", "x"): {"a": (1, 1, 0.0, 0.0), "b": (1, 1, 0.0, 0.0)}}
-    result = processor.process(to_inputs(new, serde, {"serves": 2, "rewards": 0}))
+    worker = make({"e1": spec})
+    worker.process(to_inputs(old, serde))
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 1, 0.0, 0.0), "b": (1, 1, 0.0, 0.0)}}
+    result = worker.process(to_inputs(new, serde, 2))
     assert result.outcomes == {"too_late": 1}
-    assert statistics(store, {"e1": spec}) == {("e1", "x"): {"b": (1, 1, 0.0, 0.0), "c": (1, 1, 0.0, 0.0)}}
-    state = processor.states[b"e1\x1fx"]
-    assert min(state.hours) >= (NOW - 7 * DAY_MS) // HOUR_MS  # expired hours are gone
+    assert worker.statistics() == {("e1", "x"): {"b": (1, 1, 0.0, 0.0), "c": (1, 1, 0.0, 0.0)}}
+    state = worker.processor.states[b"e1\x1fx"]
+    assert min(state.hours.hours) >= (NOW - 7 * DAY_MS) // HOUR_MS  # expired hours are gone, in memory
+    assert min(worker.restart().processor.states[b"e1\x1fx"].hours.hours) >= (NOW - 7 * DAY_MS) // HOUR_MS  # and stored
 
 
 @pytest.mark.parametrize("mutate, reason", [
-    (lambda ev, serde: b"not avro at all", "undecodable"),
-    (lambda ev, serde: b"\xc3\x01" + b"\x00" * 8 + ev.value[10:], "unknown_schema"),
-    (lambda ev, serde: ev.value[:-3], "undecodable"),
+    (lambda ev: b"not avro at all", "undecodable"),
+    (lambda ev: b"\xc3\x01" + b"\x00" * 8 + ev.value[10:], "unknown_schema"),
+    (lambda ev: ev.value[:-3], "undecodable"),
+    (lambda ev: None, "undecodable"),
 ])
-def test_undecodable_bytes_are_dead_letters(serde, spec, mutate, reason) -> None:
+def test_undecodable_bytes_are_dead_letters(serde, spec, make, mutate, reason) -> None:
     traffic = Traffic()
     traffic.serve("e1", "x", "a", NOW)
     traffic.serve("e1", "x", "b", NOW)
     good, bad = to_inputs(traffic, serde)
-    bad = InputEvent(bad.kind, bad.topic, bad.partition, bad.offset, bad.key, mutate(bad, serde), bad.timestamp_ms)
-    processor, store = make(serde, {"e1": spec})
-    result = processor.process([good, bad])
+    bad = InputEvent(bad.kind, bad.topic, bad.partition, bad.offset, bad.key, mutate(bad), bad.timestamp_ms)
+    worker = make({"e1": spec})
+    result = worker.process([good, bad])
     assert [(d.event.offset, d.reason) for d in result.dead_letters] == [(1, reason)]
-    assert statistics(store, {"e1": spec}) == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -167,9 +213,14 @@ def test_undecodable_bytes_are_dead_letters(serde, spec, mutate, reason) -> None
     ({"propensity": math.nan}, "invalid_propensity"),
     ({"timestamp": NOW + 2 * HOUR_MS}, "future_timestamp"),
     ({"entity": "y"}, "wrong_key"),
-    ({"serve_id": ""}, "invalid_value"),
+    ({"entity": "y\x1ez"}, "invalid_value"),
+    ({"serve_id": ""}, "invalid_serve_id"),
+    ({"serve_id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301"}, "invalid_serve_id"),
+    ({"arm": "c"}, "invalid_serve_id"),  # the token says b
+    ({"timestamp": NOW - 6}, "invalid_serve_id"),  # the token says NOW - 5
+    ({"in_experiment": False}, "invalid_serve_id"),
 ])
-def test_invalid_serves_are_dead_letters_with_reasons(serde, spec, change, reason) -> None:
+def test_invalid_serves_are_dead_letters_with_reasons(serde, spec, make, change, reason) -> None:
     traffic = Traffic()
     traffic.serve("e1", "x", "a", NOW - 5)
     traffic.serve("e1", "x", "b", NOW - 5)
@@ -177,126 +228,103 @@ def test_invalid_serves_are_dead_letters_with_reasons(serde, spec, change, reaso
     record.update(change)
     if reason != "wrong_key":  # keep the key that of the (changed) experiment and entity
         traffic.events[1] = (kind, entity_key(record["experiment_id"], record["entity"]), record)
-    processor, store = make(serde, {"e1": spec})
-    result = processor.process(to_inputs(traffic, serde))
+    worker = make({"e1": spec})
+    result = worker.process(to_inputs(traffic, serde))
     assert [d.reason for d in result.dead_letters] == [reason]
     assert reason in result.dead_letters[0].header
-    assert statistics(store, {"e1": spec}) == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, 0.5])
-def test_invalid_binary_rewards_are_dead_letters(serde, spec, value) -> None:
+def test_an_event_in_another_partition_than_its_keys_is_a_dead_letter(serde, spec, make) -> None:
+    traffic = Traffic()
+    traffic.serve("e1", "x", "a", NOW - 5)
+    (event,) = to_inputs(traffic, serde)
+    moved = InputEvent(event.kind, event.topic, (event.partition + 1) % PARTITIONS, 0, event.key, event.value, NOW)
+    result = make({"e1": spec}).process([moved])
+    assert [d.reason for d in result.dead_letters] == ["wrong_partition"]
+    assert "murmur2" in result.dead_letters[0].detail
+
+
+@pytest.mark.parametrize("value, serve_id, reason", [
+    (math.nan, None, "invalid_value"),
+    (math.inf, None, "invalid_value"),
+    (0.5, None, "invalid_value"),
+    (1.0, "never-served", "invalid_serve_id"),
+    (1.0, format_serve_id("0" * 24, NOW - 5, True, "zzz"), "unknown_arm"),
+])
+def test_invalid_rewards_are_dead_letters(serde, spec, make, value, serve_id, reason) -> None:
     traffic = Traffic()
     sid = traffic.serve("e1", "x", "a", NOW - 5)
-    traffic.reward("e1", "x", sid, value, NOW)
-    processor, _ = make(serde, {"e1": spec})
-    result = processor.process(to_inputs(traffic, serde))
-    assert [d.reason for d in result.dead_letters] == ["invalid_value"]
-
-
-def test_a_replayed_batch_changes_nothing(serde, spec) -> None:
-    traffic = Traffic()
-    traffic.bandit("e1", ["x", "y", "z"], {"a": 0.2, "b": 0.4, "c": 0.6}, 60, NOW - HOUR_MS, np.random.default_rng(5))
-    events = to_inputs(traffic, serde)
-    processor, store = make(serde, {"e1": spec})
-    processor.process(events)
-    before, records = dict(store), snapshot(processor)
-    store.writes.clear()
-    again = processor.process(events)
-    assert sum(again.applied.values()) == 0
-    assert statistics(store, {"e1": spec}) == statistics(before, {"e1": spec})
-    assert snapshot(processor) == records
-    assert store.writes == []  # nothing new: nothing written
-
-
-def snapshot(processor: Processor) -> dict:
-    return {(r, sid): rec.to_bytes() for r, recs in processor.records.items() for sid, rec in recs.items()}
+    traffic.reward("e1", "x", serve_id or sid, value, NOW)
+    result = make({"e1": spec}).process(to_inputs(traffic, serde))
+    assert [d.reason for d in result.dead_letters] == [reason]
 
 
 @pytest.mark.parametrize("reward_type", ["binary", "continuous"])
-def test_a_crash_after_any_write_then_a_replay_gives_the_clean_result(serde, reward_type) -> None:
-    """The worker may die after any prefix of a batch's changelog writes has landed; the
-    batch is then read again (its offsets were not committed). Whatever the prefix, and
-    whatever the new batch boundaries, the result equals a run without the crash."""
+def test_a_restart_finds_what_was_committed_and_goes_on_exactly(serde, make, reward_type) -> None:
+    """The worker commits each batch's writes with its input offsets; after a crash, the
+    uncommitted batches are read again by a new process on the stored state, in other
+    batch boundaries. The result equals a run without the crash."""
     spec = bandit_spec("e1", ["a", "b", "c"], reward_type=reward_type)
+    specs = {"e1": spec}
     traffic = Traffic()
-    rng = np.random.default_rng(11)
-    traffic.bandit("e1", ["x", "y"], {"a": 0.3, "b": 0.5, "c": 0.7}, 30, NOW - HOUR_MS, rng)
-    for i in range(10):  # rewards that arrive before their serves
-        sid = f"early-{i}"
-        traffic.reward("e1", "x", sid, 1.0, NOW - HOUR_MS + i)
+    traffic.bandit("e1", ["x", "y"], {"a": 0.3, "b": 0.5, "c": 0.7}, 60, NOW - HOUR_MS, np.random.default_rng(11))
+    for i in range(10):  # rewards that arrive before their serves, some rewarded twice
+        sid = format_serve_id(f"{i:024x}", NOW - HOUR_MS + i, True, "c")
+        traffic.reward("e1", "x", sid, 1.0, NOW - HOUR_MS + i + 1)
+        traffic.reward("e1", "x", sid, 1.0, NOW - HOUR_MS + i + 2)
         traffic.serve("e1", "x", "c", NOW - HOUR_MS + i, serve_id=sid)
     events = to_inputs(traffic, serde)
     split = len(events) // 3
-    specs = {"e1": spec}
+    want = expected_statistics(traffic, specs)
 
-    clean, clean_store = make(serde, specs)
-    clean.process(events[:split])
-    clean.process(events[split:])
-    want = statistics(clean_store, specs)
-
-    first, base = make(serde, specs)
-    first.process(events[:split])
-    base_snapshot = dict(base)
-    probe, probe_store = make(serde, specs, RecordingStore(base_snapshot))
-    for i in range(split, len(events), 5):  # several batches, none of them committed
-        probe.process(events[i:i + 5])
-    writes = probe_store.writes
-    assert len(writes) > 15
-    for landed in range(len(writes) + 1):
-        store = RecordingStore(base_snapshot)
-        for key, value in writes[:landed]:
-            store[key] = value
-        replay, _ = make(serde, specs, store)
-        mid = split + (len(events) - split) // 2  # the replay is batched differently
-        replay.process(events[split:mid])
-        replay.process(events[mid:])
-        assert statistics(store, specs) == want, f"crash after {landed} of {len(writes)} writes"
-        assert all(r.has_serve and not r.pending for recs in replay.records.values() for r in recs.values())
-        assert {k: v.total for k, v in replay.records[b"e1\x1fx"].items()} == \
-            {k: v.total for k, v in clean.records[b"e1\x1fx"].items()}
-        restarted, _ = make(serde, specs, RecordingStore(store))  # records come back from the deltas
-        assert snapshot(restarted) == snapshot(replay)
+    worker = make(specs)
+    worker.process(events[:split])
+    for i in range(split, len(events), 7):  # processed, never committed: the crash loses them
+        worker.process(events[i:i + 7], commit=False)
+    restarted = worker.restart()
+    mid = split + (len(events) - split) // 2
+    restarted.process(events[split:mid])
+    restarted.process(events[mid:])
+    assert restarted.statistics() == want
 
 
-def test_table_keys_route_to_the_partition_of_their_events() -> None:
-    from aiokafka.partitioner import murmur2
+def test_a_busy_entity_writes_nothing_larger_than_the_limit(serde, spec, make) -> None:
+    traffic = Traffic()
+    for i in range(30_000):  # one batch, one entity, one hour
+        traffic.serve("e1", "x", "abc"[i % 3], NOW - HOUR_MS + i)
+    worker = make({"e1": spec}, max_message_bytes=64 * 1024)
+    result = worker.process(to_inputs(traffic, serde))
+    sizes = [len(k) + len(v or b"") for k, v in result.writes.items()]
+    assert max(sizes) <= 64 * 1024 and sum(1 for k in result.writes if k[:1] == SERVES_CHUNK) >= 6
+    assert worker.statistics() == {("e1", "x"): {a: (10_000, 10_000, 0.0, 0.0) for a in "abc"}}
+    assert worker.store.count(entity_prefix(SERVE_ID, b"e1\x1fx")) == 30_000  # duplicates are found on disk
 
-    routing = b"exp-1\x1fsite-9"
-    expected = (murmur2(routing) & 0x7FFFFFFF) % 6
-    assert partition_of(delta_key(routing, 12345), 6) == expected
 
-
-def test_compaction_expires_old_records_and_folds_the_deltas(serde, spec) -> None:
+def test_old_serve_ids_and_rewarded_serves_expire(serde, spec, make) -> None:
     traffic = Traffic()
     old = traffic.serve("e1", "x", "a", NOW - 3 * DAY_MS)
-    traffic.reward("e1", "x", "never-served", 1.0, NOW - 3 * DAY_MS)
-    events = to_inputs(traffic, serde)
-    recent = Traffic()
-    for i in range(40):
-        recent.serve("e1", "x", "b", NOW - HOUR_MS + i)
-    later = to_inputs(recent, serde, {"serves": 1, "rewards": 1})
-    processor, store = make(serde, {"e1": spec})
-    processor.process(events)
-    for event in later:  # 40 batches: 41 deltas
-        processor.process([event])
+    traffic.reward("e1", "x", old, 1.0, NOW - 3 * DAY_MS + 10)
+    recent = traffic.serve("e1", "x", "b", NOW - HOUR_MS)
+    traffic.reward("e1", "x", recent, 1.0, NOW - HOUR_MS + 10)
+    worker = make({"e1": spec}, dedup_ms=DAY_MS)
+    worker.process(to_inputs(traffic, serde))
     routing = b"e1\x1fx"
-    assert len(processor.deltas[routing]) == 41
-    dropped = processor.compact(routing, keep_serves_ms=2 * DAY_MS)
-    assert dropped == (1, 1)  # the 3-day-old serve, and the reward that never found its serve
-    assert old not in processor.records[routing] and len(processor.records[routing]) == 40
-    assert len(processor.deltas[routing]) == 1 and sum(b"\x1eD" in k for k in store) == 1
-    restarted, _ = make(serde, {"e1": spec}, RecordingStore(store))
-    assert snapshot(restarted) == snapshot(processor)
-    assert processor.compact(routing, keep_serves_ms=2 * DAY_MS) == (0, 0)
+    deletes = worker.processor.expire(routing, spec)
+    assert deletes and all(v is None for v in deletes.values())
+    worker.store.apply(deletes.items(), {})
+    assert worker.store.count(entity_prefix(SERVE_ID, routing)) == 1  # the recent serve id only
+    assert worker.store.count(entity_prefix(REWARDED, routing)) == 1  # the recent rewarded serve only
+    assert worker.processor.expire(routing, spec) == {}
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 1, 1.0, 1.0), "b": (1, 1, 1.0, 1.0)}}
 
 
-def test_weights_move_toward_the_best_arm_and_report_their_statistics(serde, spec) -> None:
+def test_weights_move_toward_the_best_arm_and_report_their_statistics(serde, spec, make) -> None:
     traffic = Traffic()
     traffic.bandit("e1", ["x"], {"a": 0.05, "b": 0.1, "c": 0.3}, 900, NOW - DAY_MS, np.random.default_rng(2))
-    processor, store = make(serde, {"e1": spec})
-    processor.process(to_inputs(traffic, serde))
-    state = processor.states[b"e1\x1fx"]
+    worker = make({"e1": spec})
+    worker.process(to_inputs(traffic, serde))
+    state = worker.processor.states[b"e1\x1fx"]
     publication = next_weight_table(state, spec, b"e1\x1fx", NOW)
     assert max(publication.weights, key=publication.weights.get) == "c"
     assert publication.record["version"] == 1 and publication.record["entity"] == "x"
@@ -305,33 +333,33 @@ def test_weights_move_toward_the_best_arm_and_report_their_statistics(serde, spe
     assert sum(a["buckets"] for a in publication.record["arms"]) == spec.num_buckets
 
 
-def test_a_removed_arm_loses_its_buckets(serde, spec) -> None:
+def test_a_removed_arm_loses_its_buckets(serde, spec, make) -> None:
     traffic = Traffic()
     traffic.bandit("e1", ["x"], {"a": 0.1, "b": 0.1, "c": 0.1}, 90, NOW - DAY_MS, np.random.default_rng(4))
-    processor, store = make(serde, {"e1": spec})
-    processor.process(to_inputs(traffic, serde))
-    state = processor.states[b"e1\x1fx"]
+    worker = make({"e1": spec})
+    worker.process(to_inputs(traffic, serde))
+    state = worker.processor.states[b"e1\x1fx"]
     fewer = bandit_spec("e1", ["a", "c", "d"])  # b removed, d added
     publication = next_weight_table(state, fewer, b"e1\x1fx", NOW)
     assert publication.weights["b"] == 0 and publication.weights["d"] > 0
     assert set(publication.weights) == {"a", "b", "c", "d"}
 
 
-def test_a_decision_is_made_from_the_window_and_names_its_rule(serde) -> None:
+def test_a_decision_is_made_from_the_window_and_names_its_rule(serde, make) -> None:
     from streams.publisher import decision_record
 
     spec = bandit_spec("e1", ["a", "b", "c"], criteria={"sequential": False})
     traffic = Traffic()
     traffic.bandit("e1", ["x"], {"a": 0.05, "b": 0.05, "c": 0.3}, 6000, NOW - 9 * DAY_MS, np.random.default_rng(8),
                    spacing_ms=125_000)
-    processor, _ = make(serde, {"e1": spec})
-    processor.process(to_inputs(traffic, serde))
-    state = processor.states[b"e1\x1fx"]
+    worker = make({"e1": spec})
+    worker.process(to_inputs(traffic, serde))
+    state = worker.processor.states[b"e1\x1fx"]
     record = decision_record(state, spec, b"e1\x1fx", NOW)
     assert record["verdict"] == "SHIP" and record["winner"] == "c", record["reason"]
     assert {a["arm"] for a in record["arm_actions"]} == {"a", "b", "c"}
     young = Traffic()
     young.bandit("e1", ["y"], {"a": 0.05, "b": 0.05, "c": 0.3}, 50, NOW - HOUR_MS, np.random.default_rng(9))
-    processor.process(to_inputs(young, serde, {"serves": 10_000, "rewards": 10_000}))
-    early = decision_record(processor.states[b"e1\x1fy"], spec, b"e1\x1fy", NOW)
+    worker.process(to_inputs(young, serde, 100_000))
+    early = decision_record(worker.processor.states[b"e1\x1fy"], spec, b"e1\x1fy", NOW)
     assert early["verdict"] == "CONTINUE" and early["rule"] == "minimum_data"

@@ -15,7 +15,7 @@ events = st.lists(st.tuples(st.integers(0, 2), st.floats(-5, 5, allow_nan=False)
 
 
 def state_of(evs: list[tuple[int, float, int]]) -> HourlyStatistics:
-    state = HourlyStatistics(3)
+    state = HourlyStatistics.of_rewards(3)
     if evs:
         a, r, t = zip(*evs)
         state = state.add_rewards(a, r, np.asarray(t) + T0)
@@ -35,7 +35,7 @@ def test_merging_two_partial_states_equals_processing_all_events_once(left: list
 
 
 def test_the_window_sums_exactly_the_hours_that_overlap_it() -> None:
-    state = HourlyStatistics(2)
+    state = HourlyStatistics.of_rewards(2)
     # One observation in each of 9 days, 12:00 of each day.
     state = state.add_rewards([0] * 9, [1.0] * 9, [T0 + d * DAY_MS + 12 * HOUR_MS for d in range(9)])
     end = T0 + 8 * DAY_MS + 12 * HOUR_MS  # the 9th observation's time
@@ -49,7 +49,7 @@ def test_the_window_sums_exactly_the_hours_that_overlap_it() -> None:
 
 
 def test_expiry_keeps_state_bounded_and_the_window_unchanged() -> None:
-    state = HourlyStatistics(1).add_rewards([0] * 30, [1.0] * 30, [T0 + d * DAY_MS for d in range(30)])
+    state = HourlyStatistics.of_rewards(1).add_rewards([0] * 30, [1.0] * 30, [T0 + d * DAY_MS for d in range(30)])
     end = T0 + 29 * DAY_MS
     pruned = state.expire(end)
     assert len(pruned.hours) == 8
@@ -57,7 +57,7 @@ def test_expiry_keeps_state_bounded_and_the_window_unchanged() -> None:
 
 
 def test_statistics_round_trip_through_plain_dicts() -> None:
-    state = HourlyStatistics(2).add_rewards([0, 1, 1], [1.0, 0.5, 2.0], [T0, T0, T0 + 5 * HOUR_MS])
+    state = HourlyStatistics.of_rewards(2).add_rewards([0, 1, 1], [1.0, 0.5, 2.0], [T0, T0, T0 + 5 * HOUR_MS])
     assert HourlyStatistics.from_dict(state.to_dict()).to_dict() == state.to_dict()
 
 
