@@ -49,7 +49,6 @@ def worker(prefix: str, data_dir: Path | None, publish_interval: float, batch_ma
     from prometheus_client import CollectorRegistry, start_http_server
 
     from sluice.avro import SchemaSet, SingleObjectSerde
-    from sluice.config import project_root
     from sluice.kafka import TopicNames, ensure_topics, topic_specs
     from sluice.metrics import StreamMetrics
     from streams.worker import Worker, WorkerConfig
@@ -67,7 +66,7 @@ def worker(prefix: str, data_dir: Path | None, publish_interval: float, batch_ma
         max_message_bytes=max_message_bytes,
     )
     registry = CollectorRegistry()
-    runner = Worker(config, SingleObjectSerde(SchemaSet.load(project_root() / "schemas")), StreamMetrics.create(registry))
+    runner = Worker(config, SingleObjectSerde(SchemaSet.bundled()), StreamMetrics.create(registry))
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host, registry=registry)
 

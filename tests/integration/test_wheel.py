@@ -101,7 +101,7 @@ def test_installed_package_finds_its_files_and_keeps_data_per_user(venv: Path, o
     assert probe["checkout"] is None
     assert probe["home"] == env["HOME"] + "/.local/state/sluice"
     assert probe["cache"] == env["HOME"] + "/.cache/sluice"
-    for args in (["--help"], ["up", "--help"]):
+    for args in (["--help"], ["up", "--help"], ["worker", "--help"], ["sink", "--help"], ["sidecar", "--help"]):
         assert "Usage: sluice" in run([str(venv / "bin" / "sluice"), *args], cwd=cwd, env=env).stdout
 
 
