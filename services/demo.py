@@ -324,7 +324,7 @@ def _report(home: Path, names: TopicNames, specs: dict[str, Any], console: Conso
 
 
 def default_options(wall_seconds: float = 150.0, days: float | None = None,
-                    summary_json: Path | None = None) -> DemoOptions:
+                    summary_json: Path | None = None, scenario: Path | None = None) -> DemoOptions:
     return DemoOptions(specs=[DEMO_DIR / "ranking.yaml", DEMO_DIR / "checkout_ab.yaml"],
-                       scenario=DEMO_DIR / "scenario.yaml", wall_seconds=wall_seconds, days=days,
+                       scenario=scenario or DEMO_DIR / "scenario.yaml", wall_seconds=wall_seconds, days=days,
                        summary_json=summary_json)

@@ -15,14 +15,16 @@ from sluice.cli._common import settings, sigterm_unwinds, sluice_errors
 @click.option("--days", type=click.FloatRange(min=0.1), default=None, help="Simulate this many days instead.")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the summary as JSON here.")
+@click.option("--rates", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Another scenario for the demo's experiments (true rates; see examples/demo/scenario.yaml).")
 @sluice_errors
-def demo(wall_seconds: float, days: float | None, summary_json: Path | None) -> None:
+def demo(wall_seconds: float, days: float | None, summary_json: Path | None, rates: Path | None) -> None:
     """Run the whole platform on simulated traffic: broker, worker, sink, a Thompson bandit
     and an A/B test, live weights, a summary and an HTML report. Stops what it started."""
     from services import demo as demo_run
 
     sigterm_unwinds()
-    demo_run.run(settings(), demo_run.default_options(wall_seconds, days, summary_json))
+    demo_run.run(settings(), demo_run.default_options(wall_seconds, days, summary_json, rates))
 
 
 @click.command()

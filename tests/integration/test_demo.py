@@ -33,19 +33,24 @@ def child_pids(tmp_path: Path) -> list[int]:
     return [int(line.split()[1]) for line in pids.read_text().splitlines()] if pids.exists() else []
 
 
+DECISIVE = Path(__file__).parent / "fixtures" / "demo_decisive.yaml"
+
+
 def test_a_short_demo_lands_every_event_and_moves_weights_to_the_best_arm(tmp_path: Path) -> None:
+    # The demo's own scenario (5 % against 3 %) leaves the bandit undecided after two days in
+    # about 1 run in 100 (measured offline); the decisive one cannot (see its comment).
     summary_path = tmp_path / "summary.json"
     run = subprocess.run([sys.executable, "-m", "sluice.cli", "demo", "--days", "2", "--wall-seconds", "15",
-                          "--summary-json", str(summary_path)],
+                          "--summary-json", str(summary_path), "--rates", str(DECISIVE)],
                          capture_output=True, text=True, env=demo_env(tmp_path), timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
     for table in ("serves", "rewards"):
         produced, landed = summary["produced"][table], summary["clickhouse"][table]
         assert produced == landed["rows"] == landed["distinct_event_ids"] > 0, (table, produced, landed)
-    # adv-globex: transformer-v1 clicks at 5 %, the others at 2.8-3.2 %.
-    globex = summary["final_weights"]["demo-ranking/adv-globex"]
-    assert max(globex, key=globex.get) == "transformer-v1", globex
+    for advertiser in ("adv-acme", "adv-globex", "adv-initech"):  # transformer-v1 at 20 %, the others at 2-3 %
+        weights = summary["final_weights"][f"demo-ranking/{advertiser}"]
+        assert max(weights, key=weights.get) == "transformer-v1", (advertiser, weights)
     assert summary["regret"]["demo-ranking"]["policy"] < summary["regret"]["demo-ranking"]["equal_split"]
     assert {"sluice-worker: undecodable", "sluice-worker: unknown_arm", "sluice-worker: invalid_value"} <= set(summary["dead_letters"])
     assert not (tmp_path / "kafka" / "broker.pid").exists()
