@@ -233,3 +233,25 @@ def test_a_spec_change_takes_effect_without_restart(stream, serde) -> None:
     tables = wait_for_statistics(stream.bootstrap, stream.prefix, serde,
                                  expected_statistics(Traffic(first.events + more.events), specs))
     assert tables[("exp", "site-1")]["version"] > version
+
+
+def test_a_busy_entity_never_writes_a_message_over_the_limit_and_survives_a_sigkill(stream, serde) -> None:
+    """40,000 live serves of one entity with a 64 KB message limit and batches of up to
+    20,000 events (whose serve ids alone take 240 KB): the worker keeps going, through a
+    SIGKILL, to the exact statistics, and nothing it wrote is over the limit."""
+    limit, options = 64 * 1024, ("--max-message-bytes", str(64 * 1024), "--batch-max", "20000")
+    traffic = traffic_for(["busy"], 40_000, seed=9)
+    half = len(traffic.events) // 2
+    traffic.produce(stream.bootstrap, stream.prefix, serde, 0, half)  # a backlog: the first batches are full
+    worker = stream.start("w1", *options)
+    worker.wait_metric_above("sluice_stream_events_total", 5_000, topic="serves")
+    worker.kill()
+    worker = stream.start("w1", *options)
+    traffic.produce(stream.bootstrap, stream.prefix, serde, half)
+    wait_for_statistics(stream.bootstrap, stream.prefix, serde, expected_statistics(traffic, stream.specs))
+    names = TopicNames(stream.prefix)
+    written = read_to_end(stream.bootstrap, [names.worker_state, names.weights, names.decisions, names.dlq])
+    assert len(written) > 10
+    largest = max(len(m.key or b"") + len(m.value or b"") for m in written)
+    assert limit // 2 < largest <= limit, largest  # the serve ids of a batch were split to fit
+    assert 0 < worker.metric("sluice_stream_largest_message_bytes", topic="worker-state") <= limit
