@@ -47,17 +47,23 @@ def decision_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
 
 @dataclass(frozen=True)
 class TableRoute:
-    """Where records of one schema go, and how they become rows."""
+    """Where records of one schema go, and how they become rows.
+
+    `clickhouse_decodes`: the table's columns are the record's fields by name, one row per
+    record, so ClickHouse can read the Avro bodies itself (`streams.sink.avro_blocks`). Set
+    for the high-volume topics; the others are decoded here with `rows`.
+    """
 
     schema: str  # short record name the topic must carry
     table: str
     columns: tuple[str, ...]
     rows: Callable[[dict[str, Any]], Iterator[tuple[Any, ...]]]
+    clickhouse_decodes: bool = False
 
 
 ROUTES: dict[str, TableRoute] = {
-    "serves": TableRoute("ServeEvent", "serves", SERVE_COLUMNS, _flat(SERVE_COLUMNS)),
-    "rewards": TableRoute("RewardEvent", "rewards", REWARD_COLUMNS, _flat(REWARD_COLUMNS)),
+    "serves": TableRoute("ServeEvent", "serves", SERVE_COLUMNS, _flat(SERVE_COLUMNS), clickhouse_decodes=True),
+    "rewards": TableRoute("RewardEvent", "rewards", REWARD_COLUMNS, _flat(REWARD_COLUMNS), clickhouse_decodes=True),
     "weights": TableRoute("WeightTable", "weights", WEIGHT_COLUMNS, weight_rows),
     "alerts": TableRoute("Alert", "alerts", ALERT_COLUMNS, _flat(ALERT_COLUMNS)),
     "decisions": TableRoute("Decision", "decisions", DECISION_COLUMNS, decision_rows),

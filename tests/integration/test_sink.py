@@ -1,5 +1,6 @@
 """The ClickHouse sink, killed with SIGKILL mid-stream and restarted, leaves every event in
-ClickHouse exactly once; poison messages go to the dead-letter topic with the reason."""
+ClickHouse exactly once; poison messages go to the dead-letter topic with the reason. When
+ClickHouse decodes the Avro itself, the tables and dead letters are those of decoding in Python."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sluice.avro import SingleObjectSerde
+from sluice.clickhouse import migrate
 from sluice.kafka import TopicNames, ensure_topics, entity_key, topic_specs
 from sluice.kafka.dlq import read_headers
 from sluice.kafka.io import AvroProducer, read_topics
+from streams.sink.sink import ClickHouseSink
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +93,66 @@ def test_killed_sink_loses_nothing_and_duplicates_nothing(kafka_bootstrap: str, 
     assert reasons == {"NotSingleObjectError", "UnknownFingerprintError"}
     assert {m.value for m in dead} == set(poison)
     assert all(read_headers(m.headers)["sluice.source.topic"] == names.serves for m in dead)
+
+
+def poison_serves(serde: SingleObjectSerde, now_ms: int) -> list[bytes]:
+    """Messages the sink must dead-letter, one per way a serve can be bad."""
+    marked = serde.encode("ServeEvent", serve(now_ms, 0) | {"unit_id": "XXXX"})
+    at = marked.index(b"XXXX")
+    return [
+        b"not avro at all",
+        b"\xc3\x01" + b"\x00" * 8 + b"x",  # unknown writer schema
+        serde.encode("ServeEvent", serve(now_ms, 1)) + b"\x00",  # a byte after the record
+        serde.encode("ServeEvent", serve(now_ms, 2))[:20],  # truncated
+        marked[:at] + b"\xff\xfe\xfd\xfc" + marked[at + 4:],  # not UTF-8
+        serde.encode("ServeEvent", serve(now_ms, 3) | {"bucket": -1}),  # valid Avro, refused by the table
+    ]
+
+
+def test_clickhouse_decoding_gives_the_rows_and_dead_letters_of_decoding_in_python(
+        kafka_bootstrap: str, topic_prefix: str, serde: SingleObjectSerde, schemas: Any, clickhouse: Any, database: str) -> None:
+    names = TopicNames(topic_prefix)
+    ensure_topics(kafka_bootstrap, topic_specs(names, partitions=3))
+    now_ms = int(time.time() * 1000)
+    producer = AvroProducer(kafka_bootstrap, serde)
+    reward_v1, reward_v2 = schemas.versions("RewardEvent")
+    poison = poison_serves(serde, now_ms)
+    rewards_v1 = []
+    for i in range(3000):
+        s = serve(now_ms, i) | {"entity": f"é{i % 7}", "context": {"page": "ß", "n": str(i)} if i % 3 else {}}
+        key = entity_key("exp", s["entity"])
+        producer.send(names.serves, key, "ServeEvent", s)
+        if i == 1500:  # together, so that the batches around them are the only ones decoded in Python
+            for p in poison:
+                producer.send_raw(names.serves, key, p)
+        reward = {"event_id": str(uuid.uuid4()), "serve_id": s["serve_id"], "experiment_id": "exp", "entity": s["entity"],
+                  "name": "click", "value": float(i % 2), "timestamp": now_ms + i}
+        if i % 2:
+            producer.send_raw(names.rewards, key, serde.encode("RewardEvent", reward | {"latency_ms": 1.5 * i if i % 3 else None,
+                                                                                        "error": i % 5 == 0}, version=reward_v2))
+        else:
+            rewards_v1.append((key, serde.encode("RewardEvent", reward, version=reward_v1)))  # without latency_ms and error
+    for key, value in rewards_v1:  # after the newer ones, so most batches hold one writer schema
+        producer.send_raw(names.rewards, key, value)
+    producer.flush()
+
+    tables = {}
+    for decodes in (True, False):
+        db = f"{database}_{'clickhouse' if decodes else 'python'}"
+        migrate(clickhouse, database=db)
+        sink = ClickHouseSink(kafka_bootstrap, clickhouse, serde, names, database=db, group_id=f"{topic_prefix}-{db}",
+                              batch_max=500, clickhouse_decodes=decodes)
+        sink.run(stop_when_idle_s=3)
+        assert sink.counts.rows_inserted == 3000 + 3000  # the poison messages are dead letters
+        assert (sink.counts.rows_decoded_by_clickhouse > 3000) is decodes  # serves and rewards of both writers
+        tables[decodes] = [clickhouse.query(f"SELECT * EXCEPT inserted_at FROM {db}.{t} ORDER BY _topic, _partition, _offset").result_rows
+                           for t in ("serves", "rewards")]
+    assert tables[True] == tables[False]
+
+    dead = read_topics(kafka_bootstrap, [names.dlq], count=2 * len(poison), timeout_s=10)
+    letters = Counter((m.value, read_headers(m.headers)["sluice.reason"]) for m in dead)
+    assert set(letters.values()) == {2}  # each poison message once from each sink, with the same reason
+    assert {value for value, _ in letters} == set(poison)
+    assert sorted(reason.split(":")[0] for _, reason in letters) == sorted([
+        "NotSingleObjectError", "UnknownFingerprintError", "CorruptBodyError", "TruncatedMessageError", "CorruptBodyError",
+        "ClickHouse refused the rows"])
