@@ -25,6 +25,7 @@ from bench._figures import Figure
 from bench._stack import kafka
 from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.config import project_root
+from sluice.core.serve_token import format_serve_id
 from sluice.core.spec import spec_from_mapping
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, entity_key, topic_specs
@@ -57,7 +58,7 @@ def _events(n_serves: int, start_ms: int, spacing_ms: float, serde, seed: int = 
         entity = ENTITIES[i % len(ENTITIES)]
         arm = arms[int(rng.integers(len(arms)))]
         ts = start_ms + int(i * spacing_ms)
-        sid = str(uuid.uuid4())
+        sid = format_serve_id(uuid.uuid4().hex[:24], ts, True, arm)
         key = entity_key("bench", entity)
         out.append(("serves", key, serde.encode("ServeEvent", {
             "event_id": sid, "serve_id": sid, "experiment_id": "bench", "entity": entity, "unit_id": f"u{i}",
@@ -145,6 +146,9 @@ def _worker_rate(bootstrap: str, prefix: str, n: int, log: Path) -> float:
                 if worker.proc.poll() is not None:
                     raise RuntimeError(f"worker exited with {worker.proc.returncode}; see {log}")
                 done = worker.processed()
+                rejected = worker.sample("sluice_stream_rejected_total")
+                if rejected:
+                    raise RuntimeError(f"the worker dead-lettered benchmark input: {rejected}; see {log}")
                 progress.update(task, completed=done)
                 if done and not first_t:
                     first_t, first_n = time.perf_counter(), done

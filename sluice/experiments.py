@@ -12,10 +12,9 @@ import time
 import uuid
 from types import TracebackType
 
-import orjson
 
 from sluice.avro import SchemaSet, SingleObjectSerde
-from sluice.core.spec import ExperimentSpec, spec_from_mapping
+from sluice.core.spec import ExperimentSpec, spec_from_mapping, spec_from_record
 from sluice.errors import SluiceError
 from sluice.kafka.io import AvroProducer, read_to_end
 from sluice.kafka.topics import TopicNames
@@ -47,7 +46,7 @@ class ExperimentRegistry:
                 self._specs.pop(msg.key.decode(), None)
                 continue
             record = self._serde.decode(msg.value, "ExperimentSpec").record
-            self._specs[msg.key.decode()] = spec_from_mapping(orjson.loads(record["spec_json"]))
+            self._specs[msg.key.decode()] = spec_from_record(record)
 
     def __enter__(self) -> ExperimentRegistry:
         return self

@@ -70,8 +70,10 @@ class LocalStore:
         self._write.disable_wal = True
 
     def close(self) -> None:
+        """Flush the memtables (the write-ahead log is off) and close."""
         if not self._closed:
             self._closed = True
+            self._db.flush()
             self._db.close()
 
     @classmethod

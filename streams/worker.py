@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 
 from sluice.avro import SingleObjectSerde
 from sluice.core.errors import CoreInputError
-from sluice.core.spec import ExperimentSpec, spec_from_mapping
+from sluice.errors import SluiceError
+from sluice.core.spec import ExperimentSpec, spec_from_record
 from sluice.kafka.clients import consumer_config, producer_config
 from sluice.kafka.dlq import dead_letter_headers
 from sluice.kafka.follower import CompactedTopicFollower
@@ -51,6 +51,10 @@ from streams.store import LocalStore
 
 log = logging.getLogger(__name__)
 REJECTED_BY = "sluice-worker"
+
+
+class WorkerError(SluiceError):
+    """The worker cannot go on: topics missing or mismatched, a message over the limit."""
 TRUNCATED = "sluice.truncated.bytes"
 
 
@@ -72,8 +76,11 @@ class WorkerConfig:
     instance_id: str | None = None  # static group membership: a restart rejoins without a rebalance
     session_timeout_s: float = 15.0
     transaction_timeout_s: float = 15.0
-    cache_bytes: int = 16 << 20  # RocksDB block cache
-    write_buffer_bytes: int = 8 << 20  # RocksDB memtable (two of them)
+    # Memory that does not depend on traffic, bounded here: the RocksDB block cache and
+    # memtables, and the messages librdkafka fetches ahead of the loop.
+    cache_bytes: int = 8 << 20  # RocksDB block cache
+    write_buffer_bytes: int = 4 << 20  # RocksDB memtable (two of them)
+    prefetch_bytes: int = 4 << 20  # librdkafka's queue of fetched, not yet consumed messages, per partition
 
     @property
     def group_id(self) -> str:
@@ -89,7 +96,7 @@ class SpecBook:
 
     def _decode(self, value: bytes) -> ExperimentSpec:
         record = self._serde.decode(value, "ExperimentSpec").record
-        return spec_from_mapping(orjson.loads(record["spec_json"]))
+        return spec_from_record(record)
 
     def start(self, timeout_s: float = 60.0) -> None:
         self._follower.start()
@@ -140,7 +147,8 @@ class Worker:
             "partition.assignment.strategy": "range",
             "isolation.level": "read_committed",
             "session.timeout.ms": int(config.session_timeout_s * 1000),
-            "fetch.max.bytes": 32 * 1024 * 1024,
+            "fetch.max.bytes": config.prefetch_bytes,
+            "queued.max.messages.kbytes": config.prefetch_bytes // 1024,
             **({"group.instance.id": config.instance_id} if config.instance_id else {}),
         }))
         self.producer = Producer(producer_config(config.bootstrap, **{
@@ -177,10 +185,10 @@ class Worker:
         md = self.consumer.list_topics(self.names.serves, timeout=30)
         topic = md.topics.get(self.names.serves)
         if topic is None or topic.error is not None or not topic.partitions:
-            raise RuntimeError(f"topic {self.names.serves} does not exist; run `sluice topics create`")
+            raise WorkerError(f"topic {self.names.serves} does not exist; run `sluice topics create`")
         rewards = self.consumer.list_topics(self.names.rewards, timeout=30).topics.get(self.names.rewards)
         if rewards is None or len(rewards.partitions) != len(topic.partitions):
-            raise RuntimeError(f"{self.names.rewards} must have the partitions of {self.names.serves} "
+            raise WorkerError(f"{self.names.rewards} must have the partitions of {self.names.serves} "
                                f"({len(topic.partitions)}): a reward meets its serve's state only in the same partition")
         return len(topic.partitions)
 
@@ -286,7 +294,7 @@ class Worker:
                         if m.error().code() == KafkaError._PARTITION_EOF:
                             eof = True
                             continue
-                        raise RuntimeError(f"reading changelog {topic}[{partition}]: {m.error()}")
+                        raise WorkerError(f"reading changelog {topic}[{partition}]: {m.error()}")
                     records.append((m.key(), m.value()))
                     last = m.offset()
                 if last is not None:
@@ -312,6 +320,7 @@ class Worker:
 
     def _publish(self, out: _Outbox) -> None:
         self._note_spec_changes()
+        self._update_lag()
         self.metrics.ticks.inc()
         now_ms = int(time.time() * 1000)
         for routing in sorted(self.dirty):
@@ -415,7 +424,7 @@ class Worker:
         size = len(key or b"") + len(value or b"")
         if size > self.config.max_message_bytes:
             # Only a spec with thousands of arms gets here (sizes depend on arms, not traffic).
-            raise RuntimeError(f"a {size}-byte message for {topic} exceeds the limit of "
+            raise WorkerError(f"a {size}-byte message for {topic} exceeds the limit of "
                                f"{self.config.max_message_bytes} bytes (key {key[:80]!r})")
         self._largest[topic] = max(self._largest[topic], size)
         on_delivery = self._on_changelog_delivery if changelog else None
@@ -471,17 +480,13 @@ class Worker:
                 self.metrics.srm_p_value.labels(exp, record["entity"]).set(publication.srm_p_value)
             if state.newest_input_ms:
                 self.metrics.freshness.observe(max(0.0, sent_at - state.newest_input_ms / 1000))
-        self._update_lag()
 
     def _topic_kind(self, topic: str) -> str:
         return topic.removeprefix(f"{self.config.prefix}.").removesuffix(".v1")
 
     def _update_lag(self) -> None:
         lag = {SERVES_TOPIC: 0, REWARDS_TOPIC: 0}
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return
-        for tp in self.consumer.position(assignment):
+        for tp in self.consumer.position(self.consumer.assignment()):
             kind = self.kind_of.get(tp.topic)
             if kind is None or tp.offset < 0:
                 continue

@@ -11,6 +11,22 @@ import click
 from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
 
 
+def _cap_malloc_arenas(arenas: int = 2) -> None:
+    """Let glibc keep at most `arenas` malloc arenas (MALLOC_ARENA_MAX, set before the Kafka
+    clients start their threads): otherwise each librdkafka thread grows an arena of its own
+    and the worker's memory depends on how busy they were, not on its configuration."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to cap
+        pass
+
+
 @click.command()
 @click.option("--prefix", default="sluice", show_default=True, help="Topic name prefix.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
@@ -54,6 +70,7 @@ def worker(prefix: str, data_dir: Path | None, publish_interval: float, batch_ma
     from streams.worker import Worker, WorkerConfig
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _cap_malloc_arenas()
     s = settings()
     bootstrap = bootstrap_or_fail(s)
     ensure_topics(bootstrap, topic_specs(TopicNames(prefix), partitions=s.sluice_topic_partitions),

@@ -255,6 +255,16 @@ class ExperimentSpec(_Frozen):
         )
 
 
+def spec_from_record(record: Mapping[str, Any]) -> ExperimentSpec:
+    """The spec an `ExperimentSpec` Avro record carries (the inverse of `record_fields`):
+    its `spec_json`, validated. Every reader of the experiments topic uses this."""
+    try:
+        data = json.loads(record["spec_json"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpecError(f"ExperimentSpec record has no readable spec_json: {exc}") from None
+    return spec_from_mapping(data)
+
+
 def spec_from_mapping(data: Mapping[str, Any]) -> ExperimentSpec:
     """Validate parsed data (from YAML or JSON) into an ExperimentSpec, or raise SpecError."""
     if not isinstance(data, Mapping):
