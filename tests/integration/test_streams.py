@@ -202,7 +202,7 @@ def test_the_window_crosses_the_seven_day_edge(stream, serde) -> None:
 
 
 def test_a_spec_change_takes_effect_without_restart(stream, serde) -> None:
-    stream.start()
+    worker = stream.start()
     first = traffic_for(["site-1"], 200, seed=7)
     first.produce(stream.bootstrap, stream.prefix, serde)
     wait_for_statistics(stream.bootstrap, stream.prefix, serde, expected_statistics(first, stream.specs))
@@ -219,12 +219,15 @@ def test_a_spec_change_takes_effect_without_restart(stream, serde) -> None:
         raise AssertionError(f"the new arm never got weight: {table['arms']}")
 
     with stream.registry() as registry:
-        registry.set_status("exp", "paused")
-    time.sleep(1.0)  # let the worker see the pause (it follows the topic within milliseconds)
+        paused = registry.set_status("exp", "paused")
+    worker.wait_metric("sluice_stream_spec_version", paused.spec_version, experiment="exp")  # the worker acts on it
     version = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-1")]["version"]
+    serves_before = worker.metric("sluice_stream_events_total", topic="serves")
     more = traffic_for(["site-1"], 100, seed=8)
     more.produce(stream.bootstrap, stream.prefix, serde)
-    time.sleep(2.0)  # 10 publication intervals: a running experiment would have published by now
+    worker.wait_metric("sluice_stream_events_total", serves_before + 100, topic="serves")
+    ticks = worker.metric("sluice_stream_publication_ticks_total")
+    worker.wait_metric_above("sluice_stream_publication_ticks_total", ticks + 1)  # a running one would have published
     assert latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-1")]["version"] == version
 
     with stream.registry() as registry:
