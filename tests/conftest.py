@@ -16,12 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.config import project_root
 from sluice.local.kafka import free_loopback_ports
 
 ROOT = project_root()
+
+# Property tests draw the same examples on every run (CI runs once: a verdict must not
+# depend on which examples chance picked), and keep no example database between runs.
+settings.register_profile("sluice", derandomize=True, database=None, deadline=None)
+settings.load_profile("sluice")
 
 
 free_ports = free_loopback_ports

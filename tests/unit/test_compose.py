@@ -38,3 +38,14 @@ def test_docker_compose_accepts_it() -> None:
     run = subprocess.run(["docker", "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "--quiet"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("service", ["worker", "sink", "sidecar"])
+def test_every_sluice_command_of_the_stack_parses(service: str) -> None:
+    """The options a container is started with exist (parsed, not run): the stack's files
+    follow the CLI when an option is renamed or removed."""
+    from sluice.cli import main
+
+    args = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"][service]["command"]
+    command = main.commands[args[0]]
+    command.make_context(args[0], list(args[1:]))  # raises click.UsageError on an unknown option
