@@ -38,15 +38,21 @@ from sluice.avro import SingleObjectSerde
 from sluice.core.errors import CoreInputError
 from sluice.errors import SluiceError
 from sluice.core.spec import ExperimentSpec, spec_from_record
-from sluice.kafka.clients import consumer_config, producer_config
 from sluice.kafka.dlq import dead_letter_headers
 from sluice.kafka.follower import CompactedTopicFollower
 from sluice.kafka.partitions import partition_for_key
 from sluice.kafka.topics import TopicNames
+from sluice.kafka.transactions import (
+    GroupConsumer,
+    TransactionAborted,
+    TransactionalProducer,
+    end_offset,
+    read_partition,
+)
 from sluice.metrics import StreamMetrics
 from streams.processor import REWARDS_TOPIC, SERVES_TOPIC, BatchResult, InputEvent, Processor
 from streams.publisher import Publication, decision_record, mark_published, next_weight_table
-from streams.state import EntityState, allocation_key, experiment_of, header_key
+from streams.state import RS, EntityState, allocation_key, experiment_of, header_key
 from streams.store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -130,8 +136,6 @@ class Worker:
     """See the module docstring. `run()` until `stop()` (or a signal handler calling it)."""
 
     def __init__(self, config: WorkerConfig, serde: SingleObjectSerde, metrics: StreamMetrics) -> None:
-        from confluent_kafka import Consumer, Producer
-
         self.config = config
         self.names = TopicNames(config.prefix)
         self.serde = serde
@@ -141,34 +145,30 @@ class Worker:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(config.data_dir / "state", cache_bytes=config.cache_bytes,
                                 write_buffer_bytes=config.write_buffer_bytes)
-        self.consumer = Consumer(consumer_config(config.bootstrap, config.group_id, **{
-            # range gives a consumer the same partition numbers of both topics: a serve and its
-            # rewards (one key) meet in one worker. Sticky assignors do not co-partition.
-            "partition.assignment.strategy": "range",
-            "isolation.level": "read_committed",
-            "session.timeout.ms": int(config.session_timeout_s * 1000),
-            "fetch.max.bytes": config.prefetch_bytes,
-            "queued.max.messages.kbytes": config.prefetch_bytes // 1024,
-            **({"group.instance.id": config.instance_id} if config.instance_id else {}),
-        }))
-        self.producer = Producer(producer_config(config.bootstrap, **{
-            "transactional.id": f"{config.group_id}-{self._worker_id()}",
-            "transaction.timeout.ms": int(config.transaction_timeout_s * 1000),
-            "linger.ms": 5,
-        }))
-        self.partitions = self._input_partitions()
+        self.consumer = GroupConsumer(config.bootstrap, config.group_id, [self.names.serves, self.names.rewards],
+                                      instance_id=config.instance_id, session_timeout_s=config.session_timeout_s,
+                                      prefetch_bytes=config.prefetch_bytes, on_assign=self._on_assign,
+                                      on_revoke=self._on_revoke)
+        self.producer = TransactionalProducer(config.bootstrap, f"{config.group_id}-{self._worker_id()}",
+                                              timeout_s=config.transaction_timeout_s)
+        self.partitions = self.consumer.partitions(self.names.serves)
+        if self.consumer.partitions(self.names.rewards) != self.partitions:
+            raise WorkerError(f"{self.names.rewards} must have the partitions of {self.names.serves} "
+                              f"({self.partitions}): a reward meets its serve's state only in the same partition")
         self.processor = Processor(serde, self.specs.get, self.store, now_ms=lambda: int(time.time() * 1000),
-                                   partition_of=lambda key: partition_for_key(key, self.partitions),
-                                   max_future_ms=config.max_future_ms, dedup_ms=config.dedup_ms,
-                                   max_message_bytes=config.max_message_bytes)
+                                   partition_of=self.partition_of, max_future_ms=config.max_future_ms,
+                                   dedup_ms=config.dedup_ms, max_message_bytes=config.max_message_bytes)
         self.owned: set[int] = set()
         self.dirty: set[bytes] = set()
         self._judged: dict[bytes, float] = {}  # routing → monotonic time of its latest decision
         self._spec_versions: dict[str, tuple[int, str]] = {}
         self._next_publish = self._next_expire = 0.0
         self._largest: dict[str, int] = defaultdict(int)
-        self._delivered: dict[int, int] = {}  # changelog partition → highest offset delivered in this transaction
         self._stopping = False
+
+    def partition_of(self, routing: bytes) -> int:
+        """The input partition of an (experiment, entity): where its events and its state are."""
+        return partition_for_key(routing, self.partitions)
 
     def _worker_id(self) -> str:
         """A stable id for this worker's transactions: its instance id, or one kept in its
@@ -181,24 +181,12 @@ class Worker:
             path.write_text(uuid.uuid4().hex[:12])
         return path.read_text().strip()
 
-    def _input_partitions(self) -> int:
-        md = self.consumer.list_topics(self.names.serves, timeout=30)
-        topic = md.topics.get(self.names.serves)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise WorkerError(f"topic {self.names.serves} does not exist; run `sluice topics create`")
-        rewards = self.consumer.list_topics(self.names.rewards, timeout=30).topics.get(self.names.rewards)
-        if rewards is None or len(rewards.partitions) != len(topic.partitions):
-            raise WorkerError(f"{self.names.rewards} must have the partitions of {self.names.serves} "
-                               f"({len(topic.partitions)}): a reward meets its serve's state only in the same partition")
-        return len(topic.partitions)
-
     # -- lifecycle --------------------------------------------------------------------------
 
     def run(self) -> None:
         self.specs.start()
-        self.producer.init_transactions(60)  # also aborts what a previous run with our id left open
-        self.consumer.subscribe([self.names.serves, self.names.rewards], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.producer.init()  # also aborts what a previous run with our id left open
+        self.consumer.subscribe()
         try:
             while not self._stopping:
                 self.step()
@@ -213,14 +201,8 @@ class Worker:
 
     def step(self) -> None:
         """One turn of the loop: consume, process, publish if due, commit."""
-        messages = self.consumer.consume(num_messages=self.config.batch_max, timeout=self.config.batch_within_s)
-        events = []
-        for m in messages:
-            if m.error() is not None:
-                log.warning("consumer error on %s[%s]: %s", m.topic(), m.partition(), m.error())
-                continue
-            events.append(InputEvent(self.kind_of[m.topic()], m.topic(), m.partition(), m.offset(), m.key(),
-                                     m.value(), m.timestamp()[1]))
+        events = [InputEvent(self.kind_of[m.topic], m.topic, m.partition, m.offset, m.key, m.value, m.timestamp_ms)
+                  for m in self.consumer.consume(self.config.batch_max, self.config.batch_within_s)]
         out = _Outbox()
         if events:
             out.result = self.processor.process(events)
@@ -235,76 +217,45 @@ class Worker:
             self._expire(out)
         if out or events:
             self._commit(out)
-            self._count(out)
 
     # -- rebalancing ---------------------------------------------------------------------------
 
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
-        new = {tp.partition for tp in partitions} - self.owned
+    def _on_assign(self, partitions: set[int]) -> None:
+        new = partitions - self.owned
         if new:
             started = time.monotonic()
             for p in sorted(new):
                 self._recover(p)
             self.owned |= new
-            states = self.store.entities(lambda routing: partition_for_key(routing, self.partitions) in new)
+            states = self.store.entities(lambda routing: self.partition_of(routing) in new)
             self.processor.states.update(states)
             self.dirty |= {routing for routing, state in states.items() if state.dirty}
             self.metrics.recovery_seconds.set(time.monotonic() - started)
         self.metrics.partitions.set(len(self.owned))
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in partitions))
-        gone = {tp.partition for tp in partitions} & self.owned
-        if not gone:
-            return
+    def _on_revoke(self, partitions: set[int]) -> None:
+        gone = partitions & self.owned
         self.owned -= gone
-        for routing in [r for r in self.processor.states if partition_for_key(r, self.partitions) in gone]:
+        for routing in [r for r in self.processor.states if self.partition_of(r) in gone]:
             del self.processor.states[routing]
             self.dirty.discard(routing)
         self.metrics.partitions.set(len(self.owned))
 
     def _recover(self, partition: int) -> None:
         """Bring the local store of `partition` up to the changelog's committed end."""
-        from confluent_kafka import Consumer, KafkaError, TopicPartition
-
         topic = self.names.worker_state
         checkpoint = self.store.checkpoint(partition)
-        reader = Consumer(consumer_config(self.config.bootstrap, f"{self.config.group_id}-restore", **{
-            "isolation.level": "read_committed", "enable.partition.eof": True, "fetch.max.bytes": 32 * 1024 * 1024}))
-        try:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-            if checkpoint >= high:  # the changelog is younger than our copy (recreated topic): start over
-                log.warning("changelog %s[%d] ends at %d, before our checkpoint %d: reading it from the start",
-                            topic, partition, high, checkpoint)
-                owned = [r for r in self.store.routings() if partition_for_key(r, self.partitions) == partition]
-                self.store.forget(owned, [partition])
-                checkpoint = -1
-            start = max(checkpoint + 1, low)
-            if start >= high:
-                return
-            reader.assign([TopicPartition(topic, partition, start)])
-            applied = 0
-            while True:
-                msgs = reader.consume(num_messages=10_000, timeout=1.0)
-                records, last = [], None
-                eof = False
-                for m in msgs:
-                    if m.error() is not None:
-                        if m.error().code() == KafkaError._PARTITION_EOF:
-                            eof = True
-                            continue
-                        raise WorkerError(f"reading changelog {topic}[{partition}]: {m.error()}")
-                    records.append((m.key(), m.value()))
-                    last = m.offset()
-                if last is not None:
-                    self.store.apply(records, {partition: last})
-                    applied += len(records)
-                if eof:
-                    break
-            log.info("recovered %s[%d]: %d changelog records from offset %d", topic, partition, applied, start)
-        finally:
-            reader.close()
+        end = end_offset(self.config.bootstrap, topic, partition)
+        if checkpoint >= end:  # the changelog is younger than our copy (a recreated topic): start over
+            log.warning("changelog %s[%d] ends at %d, before our checkpoint %d: reading it from the start",
+                        topic, partition, end, checkpoint)
+            self.store.forget([r for r in self.store.routings() if self.partition_of(r) == partition], [partition])
+            checkpoint = -1
+        applied = 0
+        for records in read_partition(self.config.bootstrap, topic, partition, checkpoint + 1):
+            self.store.apply([(k, v) for k, v, _ in records], {partition: records[-1][2]})
+            applied += len(records)
+        log.info("recovered %s[%d]: %d changelog records after offset %d", topic, partition, applied, checkpoint)
 
     # -- publication and expiry -----------------------------------------------------------------
 
@@ -341,7 +292,7 @@ class Worker:
             if decision is not None:
                 out.decisions.append((spec.id.encode(), decision))
             out.result.writes[header_key(routing)] = state.header_bytes()
-            out.result.routing_partition[routing] = partition_for_key(routing, self.partitions)
+            out.result.routing_partition[routing] = self.partition_of(routing)
 
     def _judge(self, routing: bytes, state: EntityState, spec: ExperimentSpec, now_ms: int) -> dict[str, Any] | None:
         """Every `decision_interval_s` at most: the Decision of this (experiment, entity),
@@ -371,7 +322,7 @@ class Worker:
             writes = self.processor.expire(routing, spec)
             if writes:
                 out.result.writes.update(writes)
-                out.result.routing_partition[routing] = partition_for_key(routing, self.partitions)
+                out.result.routing_partition[routing] = self.partition_of(routing)
                 self.metrics.expired.labels("records").inc(len(writes))
         self.metrics.state_keys.labels("entities").set(len(self.processor.states))
         self.metrics.state_bytes.set(self.store.size_on_disk())
@@ -380,26 +331,17 @@ class Worker:
 
     def _commit(self, out: _Outbox) -> None:
         """Write `out` and the consumed offsets in one transaction, then into the local store."""
-        from confluent_kafka import KafkaException
-
         try:
-            self.producer.begin_transaction()
-            self._delivered = {}
+            self.producer.begin(track={self.names.worker_state})
             self._produce_all(out)
-            self.producer.flush()
-            positions = self.consumer.position(self.consumer.assignment())
-            self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata())
-            self.producer.commit_transaction()
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not error.txn_requires_abort():
-                raise
-            log.warning("transaction aborted (%s): rewinding to the last committed state", error)
-            self.producer.abort_transaction()
+            delivered = self.producer.commit(self.consumer)
+        except TransactionAborted as exc:
+            log.warning("%s: rewinding to the last committed state", exc)
             self._rewind()
             return
-        records = list(out.result.writes.items())
-        self.store.apply(records, dict(self._delivered))
+        checkpoints = {p: offset for (_, p), offset in delivered.items()}
+        self.store.apply(out.result.writes.items(), checkpoints)
+        self._count(out)
 
     def _produce_all(self, out: _Outbox) -> None:
         limit = self.config.max_message_bytes
@@ -412,47 +354,30 @@ class Worker:
             self._send(self.names.dlq, ev.key, value, headers=headers, partition=ev.partition)
         routing_partition = out.result.routing_partition
         for key, value in out.result.writes.items():
-            routing = key[1:].partition(b"\x1e")[0]
-            self._send(self.names.worker_state, key, value, partition=routing_partition[routing], changelog=True)
+            routing = key[1:].partition(RS)[0]
+            self._send(self.names.worker_state, key, value, partition=routing_partition[routing])
         for routing, _, publication in out.tables:
             self._send(self.names.weights, routing, self.serde.encode("WeightTable", publication.record))
         for key, record in out.decisions:
             self._send(self.names.decisions, key, self.serde.encode("Decision", record))
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, *, headers: list[Any] | None = None,
-              partition: int | None = None, changelog: bool = False) -> None:
+              partition: int | None = None) -> None:
         size = len(key or b"") + len(value or b"")
         if size > self.config.max_message_bytes:
             # Only a spec with thousands of arms gets here (sizes depend on arms, not traffic).
             raise WorkerError(f"a {size}-byte message for {topic} exceeds the limit of "
-                               f"{self.config.max_message_bytes} bytes (key {key[:80]!r})")
+                              f"{self.config.max_message_bytes} bytes (key {(key or b'')[:80]!r})")
         self._largest[topic] = max(self._largest[topic], size)
-        on_delivery = self._on_changelog_delivery if changelog else None
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                self.producer.produce(topic, **kwargs)
-                return
-            except BufferError:  # librdkafka's queue is full: let deliveries drain
-                self.producer.poll(0.05)
-
-    def _on_changelog_delivery(self, err: Any, msg: Any) -> None:
-        if err is None:
-            p = msg.partition()
-            self._delivered[p] = max(self._delivered.get(p, -1), msg.offset())
+        self.producer.send(topic, key, value, partition=partition, headers=headers)
 
     def _rewind(self) -> None:
         """After an aborted transaction: forget what memory holds beyond the store, and
         consume again from the committed offsets."""
         owned = set(self.owned)
-        self.processor.states = self.store.entities(lambda r: partition_for_key(r, self.partitions) in owned)
+        self.processor.states = self.store.entities(lambda r: self.partition_of(r) in owned)
         self.dirty = {routing for routing, state in self.processor.states.items() if state.dirty}
-        committed = self.consumer.committed(self.consumer.assignment(), timeout=30)
-        for tp in committed:
-            if tp.offset >= 0:
-                self.consumer.seek(tp)
+        self.consumer.rewind()
 
     # -- metrics -----------------------------------------------------------------------------
 
@@ -485,14 +410,5 @@ class Worker:
         return topic.removeprefix(f"{self.config.prefix}.").removesuffix(".v1")
 
     def _update_lag(self) -> None:
-        lag = {SERVES_TOPIC: 0, REWARDS_TOPIC: 0}
-        for tp in self.consumer.position(self.consumer.assignment()):
-            kind = self.kind_of.get(tp.topic)
-            if kind is None or tp.offset < 0:
-                continue
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high is not None and high >= 0:
-                lag[kind] += max(0, high - tp.offset)
-        for kind, n in lag.items():
-            self.metrics.consumer_lag.labels(kind).set(n)
-
+        for topic, n in self.consumer.lag().items():
+            self.metrics.consumer_lag.labels(self.kind_of[topic]).set(n)
