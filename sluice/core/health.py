@@ -1,0 +1,209 @@
+"""Health guardrails as always-valid sequential tests: e-detectors over hourly counters.
+
+A health guardrail asks, continuously, whether an arm has crossed a threshold: an error
+rate above 1 %, a 95th-percentile latency above 120 ms, a reward 5 % below its reference,
+serves that do not follow the weights in force (SRM). Checking a fixed-horizon test at every
+publication would raise false alarms far more often than its α; these tests do not.
+
+**E-processes.** For one start time s, E_s is a nonnegative process that starts at 1 and
+is a supermartingale while the arm is healthy: a mixture of likelihood ratios of "broken"
+against "healthy at the threshold" over the observations made since s. By Ville's
+inequality it ever reaches 1/α with probability at most α.
+
+**E-detector.** A failure may start at any time, and evidence gathered while an arm was
+healthy should not slow its detection. So every hour is a start: the detector is
+
+    M = Σ_j π_j · E_{s_j}    with  π_j = 1 / ((j + 1)(j + 2)),  Σ_j π_j = 1,
+
+where j counts hours from the (experiment, entity)'s origin and a start not reached yet
+counts as E = 1. M is itself a supermartingale starting at 1, so `M ≥ 1/α` happens with
+probability at most α over the experiment's whole life, however often it is looked at; a
+failure that starts at hour j is found once its own E reaches 1/(α·π_j), a cost of about
+2·log(j) nats. Starts older than the window are dropped (their terms only lower M, which
+keeps the bound). Events are counted in the hour of their *serve*, as the reward
+statistics are, so late events merely join the hours they belong to.
+
+The functions take per-hour arrays (hours ascending, one entry per hour from the first
+start considered to the newest hour) and return log M. Nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import logsumexp
+
+from sluice.core.errors import CoreInputError
+
+# Alternatives of the Bernoulli test, as log-odds steps above the threshold: from barely
+# above it (slow drift) to far above (a model that fails one request in five).
+_LOG_ODDS_STEPS = np.array([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
+
+
+class HealthInputError(CoreInputError):
+    """Counters or thresholds a health test cannot work with."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One look of an e-detector: log M and whether it crossed 1/α. `p_value` = min(1, 1/M)
+    is an always-valid p-value."""
+
+    log_e: float
+    alpha: float
+
+    @property
+    def breached(self) -> bool:
+        return self.log_e >= -np.log(self.alpha)
+
+    @property
+    def e_value(self) -> float:
+        return float(np.exp(min(self.log_e, 700.0)))
+
+    @property
+    def p_value(self) -> float:
+        return float(min(1.0, np.exp(-self.log_e)))
+
+
+def start_log_weights(first_start: int, count: int) -> NDArray[np.float64]:
+    """log π_j for starts j = first_start, …, first_start + count − 1 (hours from the origin)."""
+    if first_start < 0:
+        raise HealthInputError(f"start hours count from the origin, but {first_start} is given")
+    j = np.arange(first_start, first_start + count, dtype=np.float64)
+    return -np.log(j + 1.0) - np.log(j + 2.0)
+
+
+def e_detector(log_e_by_start: ArrayLike, first_start: int, alpha: float) -> Detection:
+    """Combine e-processes started at consecutive hours `first_start`, … (hours from the
+    origin; the last one is the newest hour) into the detector M, counting every start
+    after the newest hour as 1."""
+    log_e = np.asarray(log_e_by_start, dtype=np.float64)
+    _check_alpha(alpha)
+    if log_e.ndim != 1:
+        raise HealthInputError(f"log e-values must be 1-D, got shape {log_e.shape}")
+    newest = first_start + log_e.size - 1
+    not_started = -np.log(newest + 2.0)  # Σ_{j > newest} π_j = 1 / (newest + 2)
+    terms = np.concatenate([start_log_weights(first_start, log_e.size) + log_e, [not_started]])
+    return Detection(float(logsumexp(terms)), alpha)
+
+
+def _suffix_sums(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """For each start hour, the sum over it and every later hour."""
+    return np.cumsum(values[::-1])[::-1]
+
+
+def bernoulli_excess(trials: ArrayLike, events: ArrayLike, threshold: float, first_start: int,
+                     alpha: float) -> Detection:
+    """Is the rate of `events` among `trials` above `threshold`? (error rate; the share of
+    requests slower than a latency threshold, for a quantile).
+
+    trials, events: per hour, shape (H,). Under "rate ≤ threshold" the mixture, over
+    alternatives above the threshold, of the likelihood ratios against the threshold is a
+    supermartingale, so the detector is valid for every healthy rate, not only the boundary.
+    """
+    n = _counts(trials, "trials")
+    k = _counts(events, "events")
+    if n.shape != k.shape:
+        raise HealthInputError(f"trials and events must have one shape, got {n.shape} and {k.shape}")
+    if np.any(k > n):
+        raise HealthInputError("events cannot outnumber trials in an hour")
+    if not 0.0 < threshold < 1.0:
+        raise HealthInputError(f"a rate threshold must be in (0, 1), but {threshold!r} is given")
+    n_s, k_s = _suffix_sums(n), _suffix_sums(k)
+    logit0 = np.log(threshold / (1 - threshold))
+    p1 = 1.0 / (1.0 + np.exp(-(logit0 + _LOG_ODDS_STEPS)))  # (M,)
+    up, down = np.log(p1 / threshold), np.log((1 - p1) / (1 - threshold))
+    log_lr = k_s[:, None] * up[None, :] + (n_s - k_s)[:, None] * down[None, :]  # (H, M)
+    log_e = logsumexp(log_lr, axis=1) - np.log(p1.size)
+    return e_detector(log_e, first_start, alpha)
+
+
+def mean_drop(n_arm: ArrayLike, sum_arm: ArrayLike, sumsq_arm: ArrayLike, n_ref: ArrayLike, sum_ref: ArrayLike,
+              sumsq_ref: ArrayLike, drop: float, first_start: int, alpha: float, *,
+              min_observations: int = 100) -> Detection:
+    """Has the arm's mean fallen more than `drop` (relative) below the reference's?
+
+    Per start s the arm's observations in hours ≥ s are compared with the reference's
+    (a control arm in the same hours, or the arm's own earlier hours: the caller chooses and
+    passes them per start, shape (H,) each). The statistic is θ̂ = m_arm − (1 − drop)·m_ref
+    with variance V = v_arm/n_arm + (1 − drop)²·v_ref/n_ref, and E_s is the mSPRT normal
+    mixture likelihood ratio of θ̂ against θ = 0 (mixture sd τ = drop·|m_ref|, the size of
+    drop worth finding; Johari, Pekelis & Walsh 2017). It is symmetric, so the caller
+    alarms only when the arm is the worse one. A start with fewer than `min_observations`
+    on either side counts as 1.
+    """
+    arrays = [_counts(x, name) for x, name in ((n_arm, "n_arm"), (n_ref, "n_ref"))]
+    na, nr = arrays
+    sa, qa, sr, qr = (np.asarray(x, dtype=np.float64) for x in (sum_arm, sumsq_arm, sum_ref, sumsq_ref))
+    if not 0.0 < drop < 1.0:
+        raise HealthInputError(f"a relative drop must be in (0, 1), but {drop!r} is given")
+    log_e = np.zeros(na.size)
+    ok = (na >= min_observations) & (nr >= min_observations)
+    if ok.any():
+        ma, mr = sa[ok] / na[ok], sr[ok] / nr[ok]
+        va = np.maximum(qa[ok] / na[ok] - ma * ma, 1e-12) * na[ok] / np.maximum(na[ok] - 1, 1)
+        vr = np.maximum(qr[ok] / nr[ok] - mr * mr, 1e-12) * nr[ok] / np.maximum(nr[ok] - 1, 1)
+        theta = ma - (1 - drop) * mr
+        var = va / na[ok] + (1 - drop) ** 2 * vr / nr[ok]
+        tau2 = np.maximum((drop * np.abs(mr)) ** 2, 1e-12)
+        log_e[ok] = 0.5 * np.log(var / (var + tau2)) + tau2 * theta * theta / (2 * var * (var + tau2))
+    return e_detector(log_e, first_start, alpha)
+
+
+def srm_increment(observed: ArrayLike, expected_by_version: ArrayLike, versions_count: ArrayLike,
+                  ratio: ArrayLike) -> float:
+    """The log-factor a batch of in-experiment serves contributes to the SRM e-process.
+
+    Under "serves follow the weights in force", serve i took arm a with probability
+    w_{v_i}(a), the weights of the table version it logged. The alternative is the plug-in
+    q_i(a) ∝ w_{v_i}(a)·r_a, with r the ratio of observed to expected serves estimated from
+    *earlier* batches (predictable), so Π q_i(a_i)/w_{v_i}(a_i) is a martingale under the
+    null. Grouped by version:
+
+        Σ_a observed_a·log r_a − Σ_v n_v·log(w_v · r)
+
+    observed: serves per arm in the batch, (K,); expected_by_version: the weights w_v of
+    each version served, (V, K); versions_count: serves per version, (V,); ratio: r, (K,) > 0.
+    """
+    o = np.asarray(observed, dtype=np.float64)
+    w = np.asarray(expected_by_version, dtype=np.float64)
+    n_v = np.asarray(versions_count, dtype=np.float64)
+    r = np.asarray(ratio, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != o.size or n_v.shape != (w.shape[0],) or r.shape != o.shape:
+        raise HealthInputError(f"shapes do not agree: observed {o.shape}, weights {w.shape}, "
+                               f"versions {n_v.shape}, ratio {r.shape}")
+    if np.any(r <= 0):
+        raise HealthInputError("ratios must be > 0")
+    return float(o @ np.log(r) - n_v @ np.log(w @ r))
+
+
+def srm_ratio(observed: ArrayLike, expected: ArrayLike, prior: float = 200.0) -> NDArray[np.float64]:
+    """The plug-in ratio r = (observed + prior) / (expected + prior) per arm: near 1 until
+    there is enough data to say otherwise (`prior` pseudo-serves at ratio 1)."""
+    o = np.asarray(observed, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    return (o + prior) / (e + prior)
+
+
+def no_rewards_probability(serves: float, reference_rate: float) -> float:
+    """Probability of no reward at all in `serves` serves if the arm earned half the
+    reference rate: small values say the arm's rewards went quiet, not that it is unlucky."""
+    if serves < 0 or not 0.0 <= reference_rate <= 1.0:
+        raise HealthInputError(f"serves must be >= 0 and the rate in [0, 1], got {serves} and {reference_rate}")
+    return float(np.exp(serves * np.log1p(-reference_rate / 2))) if reference_rate < 1 else 0.0
+
+
+def _counts(values: ArrayLike, name: str) -> NDArray[np.float64]:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1:
+        raise HealthInputError(f"{name} must be per hour, 1-D, got shape {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise HealthInputError(f"{name} must be finite and >= 0")
+    return a
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise HealthInputError(f"alpha must be in (0, 1), but {alpha!r} is given")
