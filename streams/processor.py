@@ -45,7 +45,8 @@ from sluice.avro import (
 )
 from sluice.core.serve_token import ServeToken, ServeTokenError, format_serve_id, parse_serve_id
 from sluice.core.spec import ExperimentSpec
-from sluice.core.sufficient import HOUR_MS, ArmCounters
+from sluice.core.health import REQUEST_OUTCOME, srm_increment, srm_ratio
+from sluice.core.sufficient import HOUR_MS, ArmCounters, latency_bucket
 from sluice.kafka.clients import KEY_SEPARATOR, entity_key
 from streams.state import (
     REWARDED,
@@ -68,6 +69,9 @@ SERVES_TOPIC, REWARDS_TOPIC = "serves", "rewards"
 _EXPECTED = {SERVES_TOPIC: "ServeEvent", REWARDS_TOPIC: "RewardEvent"}
 _FORBIDDEN_IN_ENTITY = (KEY_SEPARATOR, "\x1e")
 _SERVES, _COUNT, _TOTAL, _TOTAL_SQ = ArmCounters.SERVES, ArmCounters.COUNT, ArmCounters.TOTAL, ArmCounters.TOTAL_SQ
+_SRM_OBSERVED, _SRM_EXPECTED = ArmCounters.SRM_OBSERVED, ArmCounters.SRM_EXPECTED
+_OUTCOMES, _ERRORS, _LATENCY_N, _SLOW, _LATENCY = (ArmCounters.OUTCOMES, ArmCounters.ERRORS, ArmCounters.LATENCY_N,
+                                                   ArmCounters.SLOW, ArmCounters.LATENCY)
 _FIELDS = len(ArmCounters.FIELDS)
 
 
@@ -139,6 +143,7 @@ class _Batch:
     counts: dict[tuple[int, int], list[float]] = field(default_factory=dict)  # (hour, arm) → field increments
     serve_ids: dict[int, dict[bytes, None]] = field(default_factory=dict)  # hour → uniques of the serves counted
     rewarded: dict[bytes, Rewarded] = field(default_factory=dict)  # R key → record after this batch
+    by_version: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)  # (hour, version) → arm → serves
 
     def add(self, hour: int, arm: int, index: int, amount: float) -> None:
         row = self.counts.get((hour, arm))
@@ -310,16 +315,26 @@ class Processor:
             return
         seen[unique] = None
         arm = state.arm_index(record["arm"])
+        self._origin(state, hour)
         batch.add(hour, arm, _SERVES, 1.0)
         if record["in_experiment"]:
             batch.add(hour, arm, _COUNT, 1.0)
+            arms = batch.by_version.setdefault((hour, record["weights_version"]), {})
+            arms[arm] = arms.get(arm, 0.0) + 1.0
+
+    @staticmethod
+    def _origin(state: EntityState, hour: int) -> None:
+        if state.origin_hour < 0:
+            state.origin_hour = hour
 
     def _reward(self, batch: _Batch, routing: bytes, record: dict[str, Any], serve: ServeToken,
                 result: BatchResult) -> None:
         state, spec = batch.state, batch.spec
         state.max_event_ms = max(state.max_event_ms, record["timestamp"])
+        if record["error"] is not None or record["latency_ms"] is not None:
+            self._health(batch, record, serve)
         if record["name"] != spec.reward.name:
-            result.outcomes["other_reward"] += 1
+            result.outcomes["health_report" if record["name"] == REQUEST_OUTCOME else "other_reward"] += 1
             return
         result.applied[REWARDS_TOPIC] += 1
         if record["timestamp"] - serve.serve_ms > spec.reward.attribution_window_ms:
@@ -353,11 +368,66 @@ class Processor:
         batch.add(hour, arm, _TOTAL, new.total - rec.total)
         batch.add(hour, arm, _TOTAL_SQ, new.total * new.total - rec.total * rec.total)
 
+    def _health(self, batch: _Batch, record: dict[str, Any], serve: ServeToken) -> None:
+        """Count what a served request's outcome says of its arm's health: whether it failed,
+        how long it took (in the hour of the serve, as its rewards are)."""
+        state, spec = batch.state, batch.spec
+        if not self._in_window(state, spec, serve.serve_ms):
+            return
+        arm, hour = state.arm_index(serve.arm), serve.hour
+        self._origin(state, hour)
+        if record["error"] is not None:
+            batch.add(hour, arm, _OUTCOMES, 1.0)
+            if record["error"]:
+                batch.add(hour, arm, _ERRORS, 1.0)
+        latency = record["latency_ms"]
+        if latency is not None and math.isfinite(latency):
+            batch.add(hour, arm, _LATENCY_N, 1.0)
+            batch.add(hour, arm, _LATENCY + latency_bucket(latency), 1.0)
+            if spec.health.latency is not None and latency > spec.health.latency.threshold:
+                batch.add(hour, arm, _SLOW, 1.0)
+
+    def _sample_ratio(self, batch: _Batch) -> None:
+        """Count the batch's in-experiment serves against the weights of the table versions
+        they were served under, and advance the SRM e-process (`sluice.core.health`): the
+        plug-in ratio comes from the window before this batch, so the test stays valid."""
+        state, spec = batch.state, batch.spec
+        k = len(state.arms)
+        window = state.hours.window(state.max_event_ms, spec.window_ms)
+        ratio = srm_ratio(window.values[_SRM_OBSERVED, :k], window.values[_SRM_EXPECTED, :k])
+        by_hour: dict[int, float] = {}
+        for (hour, version), arms in batch.by_version.items():
+            weights = state.weights_of(version)
+            if weights is None:
+                continue  # served under a table this worker no longer remembers: not tested
+            observed = np.zeros(k)
+            for arm, n in arms.items():
+                observed[arm] = n
+                batch.add(hour, arm, _SRM_OBSERVED, n)
+            n_v = observed.sum()
+            for arm, w in enumerate(weights[:k]):
+                if w:
+                    batch.add(hour, arm, _SRM_EXPECTED, n_v * w)
+            w_v = np.asarray(weights[:k])
+            by_hour[hour] = by_hour.get(hour, 0.0) + srm_increment(observed, w_v[None, :], [n_v], ratio)
+        if not by_hour:
+            return
+        newest = max(max(by_hour), state.max_event_ms // HOUR_MS)
+        if state.srm_first_start < 0:
+            state.srm_first_start = state.origin_hour
+        state.srm_log_e += [0.0] * (newest - state.srm_first_start + 1 - len(state.srm_log_e))
+        for hour, delta in by_hour.items():
+            upto = hour - state.srm_first_start  # starts at or before the serve's hour
+            for i in range(min(upto + 1, len(state.srm_log_e))):
+                state.srm_log_e[i] += delta
+
     def _finish(self, routing: bytes, batch: _Batch, result: BatchResult) -> None:
         """Apply a batch's increments to its entity's hours, expire the hours that left the
         window, and list the state writes."""
         state, spec, writes = batch.state, batch.spec, result.writes
         result.routing_partition[routing] = batch.partition
+        if batch.by_version:
+            self._sample_ratio(batch)
         if batch.counts:
             k = len(state.arms)
             by_hour: dict[int, np.ndarray] = {}
@@ -377,6 +447,10 @@ class Processor:
             state.hours = state.hours.expire(state.max_event_ms, spec.window_ms)
             for hour in expired:
                 writes[hour_key(routing, hour)] = None
+        first = state.hours.first_hour(state.max_event_ms, spec.window_ms)
+        if state.srm_first_start >= 0 and first > state.srm_first_start:  # starts older than the window
+            del state.srm_log_e[:first - state.srm_first_start]
+            state.srm_first_start = first
         for hour in {h for h, _ in batch.counts}:
             values = state.hours.hours.get(hour)
             if values is not None:  # not expired in this very batch

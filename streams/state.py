@@ -167,6 +167,15 @@ class EntityState:
     decision: str = ""  # verdict/rule/winner of the latest published decision
     allocation: list[list[list[int]]] | None = None  # its bucket ranges, per arm of `arms`
     num_buckets: int = 0
+    # Health and decisions (see `streams.health`):
+    origin_hour: int = -1  # hour the health e-detectors count their starts from (the first event's)
+    recent_weights: list[list[Any]] = field(default_factory=list)  # [version, [weight per arm]] of the last tables
+    srm_first_start: int = -1  # hour of srm_log_e[0]
+    srm_log_e: list[float] = field(default_factory=list)  # log E of the SRM e-process started at each hour
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm → rollback/kill in force, with why
+    paused: dict[str, Any] | None = None  # the entity serves its default arm, and why
+    shipped: dict[str, Any] | None = None  # a shipped winner, with the holdback
+    alerted: dict[str, int] = field(default_factory=dict)  # "kind/arm" → when it was last alerted (once per breach)
 
     def arm_index(self, arm: str) -> int:
         try:
@@ -186,8 +195,17 @@ class EntityState:
             "arms": self.arms, "max_event_ms": self.max_event_ms, "first_event_ms": self.first_event_ms,
             "newest_input_ms": self.newest_input_ms, "changes": self.changes,
             "published_changes": self.published_changes, "serve_chunks": self.serve_chunks, "version": self.version,
-            "decision": self.decision,
+            "decision": self.decision, "origin_hour": self.origin_hour, "recent_weights": self.recent_weights,
+            "srm_first_start": self.srm_first_start, "srm_log_e": self.srm_log_e, "actions": self.actions,
+            "paused": self.paused, "shipped": self.shipped, "alerted": self.alerted,
         })
+
+    def weights_of(self, version: int) -> list[float] | None:
+        """The weights (per arm of `arms`) of a recently published table version, if kept."""
+        for v, weights in reversed(self.recent_weights):
+            if v == version:
+                return weights + [0.0] * (len(self.arms) - len(weights))
+        return None
 
     def allocation_bytes(self) -> bytes:
         return orjson.dumps({"allocation": self.allocation, "num_buckets": self.num_buckets})

@@ -95,6 +95,8 @@ class Rule(StrEnum):
     OUT_OF_TIME_BEFORE_MINIMUM_DATA = "out_of_time_before_minimum_data"
     MINIMUM_DATA = "minimum_data"
     WINNER = "winner"
+    POSTERIOR_WINNER = "posterior_winner"
+    POSTERIOR_CONTROL = "posterior_control"
     FUTILE = "futile"
     OUT_OF_TIME = "out_of_time"
     COLLECTING = "collecting"
@@ -179,6 +181,8 @@ class _Case:
     comparison: Comparison | None
     srm: ChiSquareResult | None
     mixture_sd: float
+    adaptive: bool = False  # weights follow the posteriors (a bandit): judge by P(best) and expected loss
+    floor: float = 0.0  # least weight of every arm under the adaptive allocation
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -270,15 +274,34 @@ def _sample_ratio_rule(case: _Case) -> Decision | None:
     )
 
 
+def _minimum_events(case: _Case) -> NDArray[np.float64]:
+    """Events each arm needs before any verdict. A fixed split needs `min_events_per_arm`
+    everywhere. An adaptive one starves the losers by design, so there the arm with the most
+    events needs `min_events_per_arm` and every other arm that minimum scaled to what the
+    exploration floor gives it (K × floor of an equal share): arms held at the floor still
+    reach it, and then P(best) and the expected loss say the rest."""
+    crit = case.criteria
+    least = max(crit.min_events_per_arm, case.data.min_events_for_comparison)
+    need = np.full(case.data.k, float(least))
+    if case.adaptive:
+        scaled = max(case.data.min_events_for_comparison, math.ceil(least * min(1.0, case.data.k * case.floor)))
+        need[:] = scaled
+        need[int(np.argmax(case.data.n))] = least
+    return need
+
+
 def _minimum_data_rule(case: _Case) -> Decision | None:
     crit = case.criteria
-    min_events = max(crit.min_events_per_arm, case.data.min_events_for_comparison)
-    short = [case.names[k] for k in range(case.data.k) if case.data.n[k] < min_events]
+    need = _minimum_events(case)
+    short = [k for k in range(case.data.k) if case.data.n[k] < need[k]]
     missing = []
     if case.days_in_window < crit.min_window_days:
         missing.append(f"{case.days_in_window:g} of {crit.min_window_days:g} days in the window")
-    if short:
-        missing.append(f"fewer than {min_events} events in {', '.join(short)}")
+    if short and len(set(need.tolist())) == 1:
+        missing.append(f"fewer than {need[0]:.0f} events in {', '.join(case.names[k] for k in short)}")
+    elif short:
+        missing.append("too few events in " + ", ".join(f"{case.names[k]} ({case.data.n[k]:.0f} of {need[k]:.0f})"
+                                                      for k in short))
     if not missing:
         return None
     if case.days_running >= crit.max_duration_days:
@@ -295,6 +318,32 @@ def _minimum_data_rule(case: _Case) -> Decision | None:
         f"Continue: minimum data not reached ({'; '.join(missing)}); early differences are noise.",
         case.all_arms(ArmAction.KEEP, "minimum data not reached"),
     )
+
+
+def _posterior_rule(case: _Case) -> Decision | None:
+    """For adaptive allocation: the leader by P(best) is chosen once P(best) ≥ confidence and
+    its expected loss (what choosing it costs, per event, if another arm is in fact best) is
+    below the smallest uplift worth having. Ship it, or kill the candidates if it is control."""
+    if not case.adaptive or case.comparison is None:
+        return None
+    crit = case.criteria
+    leader = int(np.nanargmax(case.p_best))
+    arm = case.comparison.arms[leader]
+    mean, _ = case.data.moments()
+    tolerable = crit.min_uplift * abs(float(mean[leader]))
+    if case.p_best[leader] < crit.confidence or arm.expected_loss > tolerable:
+        return None
+    name = case.names[leader]
+    why = (f"P(best) {case.p_best[leader]:.4f} >= {crit.confidence:g} and its expected loss {arm.expected_loss:.3g} "
+           f"<= {_pct(crit.min_uplift)} of its mean ({tolerable:.3g})")
+    numbers = {"p_best": float(case.p_best[leader]), "expected_loss": float(arm.expected_loss)}
+    if leader == case.control:
+        return case.decision(
+            Verdict.KILL, Rule.POSTERIOR_CONTROL, f"Kill: the control {name} is best: {why}; no candidate beats it.",
+            case.only(leader, "back to control: it is best", f"stopped: {name} is best"), numbers)
+    return case.decision(
+        Verdict.SHIP, Rule.POSTERIOR_WINNER, f"Ship {name}: {why}.",
+        case.only(leader, "the winner takes the traffic", f"stopped: {name} is best"), numbers, winner=name)
 
 
 def _winner_rule(case: _Case, fx: _Effects) -> Decision | None:
@@ -392,6 +441,8 @@ def decide(
     control: int = 0,
     expected_serves: ArrayLike | None = None,
     current_weights: ArrayLike | None = None,
+    adaptive: bool = False,
+    floor: float = 0.0,
 ) -> Decision:
     """Turn per-arm counts and the experiment's criteria into a verdict and per-arm actions.
 
@@ -407,11 +458,17 @@ def decide(
        (p < `srm_alpha`): assignment or logging is broken and every comparison is suspect.
        All arms KEEP: nothing moves on untrustworthy data.
     2. Minimum data not reached (`days_in_window` < `min_window_days`, or some arm has
-       fewer than `min_events_per_arm` events; means need at least 3):
+       fewer than `min_events_per_arm` events; means need at least 3; with `adaptive`
+       allocation (a bandit with exploration `floor`) only the arm with the most events needs
+       the full minimum, the others it scaled by K × floor):
        out_of_time_before_minimum_data → ITERATE if `days_running` >= `max_duration_days`
        (the experiment needs more traffic or fewer arms; back to control), else
        minimum_data → CONTINUE with all arms KEEP (early numbers are noise).
-    3. winner → SHIP. Some treatment is significantly better than control — Holm-adjusted
+    3. With `adaptive` allocation, posterior_winner → SHIP the leader (or posterior_control
+       → KILL the candidates when the leader is control) once its P(best) ≥ confidence and
+       its expected loss is at most `min_uplift` × its mean: adaptive allocation starves the
+       losers, so tests against control may never conclude while the posterior does.
+    3'. winner → SHIP. Some treatment is significantly better than control — Holm-adjusted
        p <= 1 - confidence, using the always-valid mSPRT p-value if `sequential`, else the
        fixed-horizon z / Welch test — and its relative uplift (difference / |control
        mean|) is at least `min_uplift`. Of several, the largest uplift ships. The winner
@@ -451,8 +508,10 @@ def decide(
         comparison=comparison,
         srm=None if expected_serves is None else srm_test(data.n, expected_serves),
         mixture_sd=tau,
+        adaptive=adaptive,
+        floor=floor,
     )
-    early = _sample_ratio_rule(case) or _minimum_data_rule(case)
+    early = _sample_ratio_rule(case) or _minimum_data_rule(case) or _posterior_rule(case)
     if early is not None:
         return early
     if comparison is None:  # unreachable: the minimum-data rule requires comparable arms

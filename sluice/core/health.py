@@ -30,12 +30,20 @@ start considered to the newest hour) and return log M. Nothing here reads a cloc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import logsumexp
 
 from sluice.core.errors import CoreInputError
+
+Action = Literal["alert", "rollback", "pause"]
+
+# The reward name under which a service reports how a served request went (its latency,
+# whether it failed) rather than a reward: `SluiceClient.log_outcome`.
+REQUEST_OUTCOME = "sluice.request"
 
 # Alternatives of the Bernoulli test, as log-odds steps above the threshold: from barely
 # above it (slow drift) to far above (a model that fails one request in five).
@@ -44,6 +52,81 @@ _LOG_ODDS_STEPS = np.array([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
 
 class HealthInputError(CoreInputError):
     """Counters or thresholds a health test cannot work with."""
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: float = Field(0.01, gt=0, lt=1, description="false-alarm probability over the experiment's whole life")
+    action: Action = Field("alert", description="alert; rollback = the arm's weight to 0 for that entity; "
+                                                "pause = the entity serves the default arm")
+
+
+class RateRule(_Rule):
+    threshold: float = Field(gt=0, lt=1, description="largest healthy rate")
+
+
+class LatencyRule(_Rule):
+    threshold: float = Field(120.0, gt=0, description="milliseconds the quantile may not exceed")
+    quantile: float = Field(0.95, gt=0, lt=1, description="which latency quantile (0.95: p95)")
+
+
+class DropRule(_Rule):
+    threshold: float = Field(0.05, gt=0, lt=1, description="relative drop of the reward that breaches (0.05 = 5 %)")
+
+
+class SrmRule(_Rule):
+    alpha: float = Field(0.001, gt=0, lt=1, description="false-alarm probability over the experiment's whole life")
+    action: Literal["alert", "pause"] = "alert"
+
+
+class ConcentrationRule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: float = Field(0.5, gt=0, le=1, description="largest share of traffic one arm may hold before a verdict")
+    action: Literal["alert", "pause"] = "alert"
+
+
+class QuietRule(_Rule):
+    alpha: float = Field(0.001, gt=0, lt=1, description="how unlikely silence must be before it is called broken")
+    threshold: float = Field(6.0, gt=0, description="hours of serves without a reward that may be chance")
+
+
+class Reinstatement(BaseModel):
+    """An arm given back its traffic after a rollback or kill (`sluice experiments reinstate`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arm: str
+    entity: str | None = Field(None, description="None: every entity")
+    at_ms: int = Field(ge=0, description="when; actions taken before it are lifted, evidence restarts after it")
+
+
+class HealthConfig(BaseModel):
+    """The health guardrails of an experiment, each a threshold, an α and an action, tested
+    per (entity, arm) by the e-detectors of this module. `None` turns one off. Defaults follow
+    the reference platform (error rate 1 %, latency p95 120 ms, reward drop 5 %), with the
+    action `alert`: rolling back is a choice the spec makes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    error_rate: RateRule | None = Field(default_factory=lambda: RateRule(threshold=0.01))
+    latency: LatencyRule | None = Field(default_factory=LatencyRule)
+    reward_drop: DropRule | None = Field(default_factory=DropRule)
+    srm: SrmRule | None = Field(default_factory=SrmRule)
+    concentration: ConcentrationRule | None = None
+    quiet: QuietRule | None = Field(default_factory=QuietRule)
+    reinstated: tuple[Reinstatement, ...] = ()
+
+    @model_validator(mode="after")
+    def _sensible(self) -> HealthConfig:
+        if self.latency is not None and self.latency.quantile < 0.5:
+            raise ValueError(f"latency.quantile {self.latency.quantile} watches the fast requests; use 0.5 or above")
+        return self
+
+    def reinstated_at(self, arm: str, entity: str) -> int:
+        """The latest time `arm` was reinstated for `entity` (0: never)."""
+        return max((r.at_ms for r in self.reinstated if r.arm == arm and r.entity in (None, entity)), default=0)
 
 
 @dataclass(frozen=True)

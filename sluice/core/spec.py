@@ -25,6 +25,7 @@ from sluice.core.assignment import Assigner, LayerSlice, traffic_threshold
 from sluice.core.decisions import DecisionCriteria
 from sluice.core.errors import CoreInputError
 from sluice.core.guardrails import GuardrailConfig, GuardrailError
+from sluice.core.health import HealthConfig
 
 # Ids and salts: no ":" or "/", so the hash key `salt:unit_id` is unambiguous and the
 # derived salts (`salt/traffic`, `layer/name`) never equal an experiment's salt.
@@ -128,6 +129,11 @@ class ExperimentSpec(_Frozen):
     layer: LayerSpec | None = None
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
     criteria: DecisionCriteria = Field(default_factory=DecisionCriteria)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    decisions: Literal["advise", "act"] = Field(
+        "advise", description="advise: Decision events only; act: a kill retires the arm for the entity, a ship "
+                              "gives the winner all traffic but the holdback")
+    holdback: float = Field(0.05, ge=0, lt=1, description="share of traffic a shipped winner leaves to the others")
 
     @field_validator("parameters")
     @classmethod
@@ -173,6 +179,9 @@ class ExperimentSpec(_Frozen):
             self.guardrails.check_arms(names)
         except GuardrailError as exc:
             problems.append(f"guardrails: {exc}")
+        unknown = sorted({r.arm for r in self.health.reinstated} - set(names))
+        if unknown:
+            problems.append(f"health.reinstated: unknown arm(s) {unknown}; the arms are {names}")
         if traffic_threshold(self.traffic_fraction, self.num_buckets) == 0:
             problems.append(
                 f"traffic_fraction: {self.traffic_fraction} of {self.num_buckets} buckets rounds to 0 buckets; "

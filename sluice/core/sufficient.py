@@ -132,16 +132,36 @@ class Tally(Protocol):
 T = TypeVar("T", bound=Tally)
 
 
+# Latency histogram of the health counters: bucket i holds [LATENCY_EDGES_MS[i],
+# LATENCY_EDGES_MS[i + 1]) ms, half an octave wide, from under 1 ms to over 131 s.
+LATENCY_EDGES_MS = np.concatenate([[0.0], 2.0 ** (np.arange(35) / 2)])
+
+
 @dataclass(frozen=True)
 class ArmCounters:
     """What the stream worker counts per arm in a span of time, as one array of shape
-    (len(FIELDS), K): `serves` (every logged serve, in the experiment or not), and over the
-    in-experiment serves, the reward statistics `count`, `total`, `total_sq`."""
+    (len(FIELDS), K):
+
+    - `serves` (every logged serve, in the experiment or not), and over the in-experiment
+      serves the reward statistics `count`, `total`, `total_sq`;
+    - for the sample-ratio test, over in-experiment serves whose weight table is known:
+      `srm_observed` (this arm's serves) and `srm_expected` (the sum of the weight the table
+      in force gave this arm, over all such serves);
+    - health reported with the serves' outcomes: `outcomes` (reports saying whether the
+      request failed), `errors`, `latency_n` (reports with a latency), `slow` (latencies
+      above the spec's threshold), and a latency histogram `latency_0…` over LATENCY_EDGES_MS.
+
+    Fields are only ever appended (stored hours of an older layout read as zeros in new ones).
+    """
 
     values: NDArray[np.float64]
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("serves", "count", "total", "total_sq")
-    SERVES, COUNT, TOTAL, TOTAL_SQ = range(4)
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "serves", "count", "total", "total_sq", "srm_observed", "srm_expected", "outcomes", "errors",
+        "latency_n", "slow", *(f"latency_{i}" for i in range(len(LATENCY_EDGES_MS))),
+    )
+    SERVES, COUNT, TOTAL, TOTAL_SQ, SRM_OBSERVED, SRM_EXPECTED, OUTCOMES, ERRORS, LATENCY_N, SLOW = range(10)
+    LATENCY = 10  # first histogram row
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[0] != len(self.FIELDS):
@@ -184,6 +204,23 @@ class ArmCounters:
     @classmethod
     def from_lists(cls, lists: list[list[float]]) -> ArmCounters:
         return cls(np.asarray(lists, dtype=np.float64))
+
+    def latency_quantile(self, q: float) -> NDArray[np.float64]:
+        """Per arm, the `q` latency quantile in ms from the histogram (the upper edge of the
+        bucket where the cumulative share reaches q; NaN without latencies)."""
+        hist = self.values[self.LATENCY:]
+        total = hist.sum(axis=0)
+        upper = np.r_[LATENCY_EDGES_MS[1:], np.inf]
+        out = np.full(self.num_arms, np.nan)
+        for arm in np.flatnonzero(total > 0):
+            cum = np.cumsum(hist[:, arm]) / total[arm]
+            out[arm] = upper[int(np.searchsorted(cum, q - 1e-12))]
+        return out
+
+
+def latency_bucket(latency_ms: float) -> int:
+    """The histogram bucket of a latency (negative ones count in the first)."""
+    return max(0, int(np.searchsorted(LATENCY_EDGES_MS, latency_ms, side="right")) - 1)
 
 
 @dataclass(frozen=True)
@@ -247,6 +284,10 @@ class HourlyStatistics(Generic[T]):
             if first <= hour <= last:
                 total = total + stats
         return total
+
+    def first_hour(self, end_ms: int, length_ms: int = 7 * DAY_MS) -> int:
+        """The oldest hour the window of `end_ms` holds."""
+        return window_hours(end_ms, length_ms)[0]
 
     def in_window(self, time_ms: int, end_ms: int, length_ms: int = 7 * DAY_MS) -> bool:
         """Whether an event at `time_ms` falls in an hour the window of `end_ms` still holds."""

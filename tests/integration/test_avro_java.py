@@ -60,7 +60,8 @@ def test_java_binary_message_decoder_reads_our_messages(avro_java_classpath: str
                       {"arm": "b", "weight": 0.25, "buckets": 2500, "ranges": [{"start": 7500, "end": 10_000}]}],
              "policy": "thompson", "reason": "r", "statistics": [{"arm": "a", "serves": 10, "count": 10, "sum": 3.0, "sum_squares": 3.0}],
              "window_start": 1, "window_end": 2, "computed_at": 3}
-    out = java(avro_java_classpath, "decode", str(BUNDLED_SCHEMAS / "v2"), "io.sluice.ServeEvent", serde.encode("ServeEvent", serve).hex())
+    newest = str(BUNDLED_SCHEMAS / f"v{serde.schemas.latest('ServeEvent').version}")  # the folder writers use
+    out = java(avro_java_classpath, "decode", newest, "io.sluice.ServeEvent", serde.encode("ServeEvent", serve).hex())
     assert '"unit_id": "ü-1"' in out and '"propensity": 0.125' in out and '"timestamp": 1763900000123' in out
-    out = java(avro_java_classpath, "decode", str(BUNDLED_SCHEMAS / "v2"), "io.sluice.WeightTable", serde.encode("WeightTable", table).hex())
+    out = java(avro_java_classpath, "decode", newest, "io.sluice.WeightTable", serde.encode("WeightTable", table).hex())
     assert '"ranges": [{"start": 7500, "end": 10000}]' in out and '"sum_squares": 3.0' in out

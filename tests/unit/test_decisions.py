@@ -189,3 +189,34 @@ def test_bad_inputs_are_refused_with_the_field_named() -> None:
         decide(data, CRITERIA, days_in_window=7, days_running=8, current_weights=[0.7, 0.7])
     with pytest.raises(StatsInputError, match=r"control must be an arm index in \[0, 1\], but 5"):
         decide(data, CRITERIA, days_in_window=7, days_running=8, control=5)
+
+
+# --- adaptive allocation (bandits) -----------------------------------------------------------
+
+
+def test_a_bandit_reaches_a_verdict_although_the_losers_sit_at_the_floor() -> None:
+    """A week's window of a Thompson bandit with a 3 % floor: the losers have 600 events each, far
+    from 1,000, so tests against control never conclude; the posterior does."""
+    data = rates([600, 600, 19_000, 600], [0.030, 0.028, 0.050, 0.032])
+    fixed = decide(data, CRITERIA, days_in_window=7, days_running=14, control=0)
+    assert fixed.rule == Rule.OUT_OF_TIME_BEFORE_MINIMUM_DATA  # what a fixed split's rules say
+    d = decide(data, CRITERIA, days_in_window=7, days_running=14, control=0, adaptive=True, floor=0.03)
+    assert (d.verdict, d.rule, d.winner) == (Verdict.SHIP, Rule.POSTERIOR_WINNER, "c"), d.reason
+    assert "P(best)" in d.reason and "expected loss" in d.reason
+    assert actions(d) == {"a": ArmAction.STOP, "b": ArmAction.STOP, "c": ArmAction.INCREASE, "d": ArmAction.STOP}
+
+
+def test_a_bandit_whose_control_is_best_kills_the_candidates() -> None:
+    d = decide(rates([19_000, 300, 300], [0.06, 0.03, 0.03]), CRITERIA, days_in_window=7, days_running=10,
+               control=0, adaptive=True, floor=0.03)
+    assert (d.verdict, d.rule) == (Verdict.KILL, Rule.POSTERIOR_CONTROL), d.reason
+
+
+def test_a_bandit_keeps_collecting_below_the_minimum_scaled_to_its_floor_or_when_unsure() -> None:
+    # K = 4 and a 3 % floor: the losers need 1,000 × 4 × 0.03 = 120 events, the leader 1,000.
+    d = decide(rates([100, 300, 5_000, 300], [0.03, 0.03, 0.05, 0.03]), CRITERIA, days_in_window=7,
+               days_running=8, adaptive=True, floor=0.03)
+    assert d.rule == Rule.MINIMUM_DATA and "a (100 of 120)" in d.reason, d.reason
+    close = decide(rates([2_000, 2_000, 2_000], [0.050, 0.051, 0.049]), CRITERIA, days_in_window=7, days_running=8,
+                   adaptive=True, floor=0.03)
+    assert close.verdict == Verdict.CONTINUE, close.reason
