@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,9 @@ from sluice.core.allocation import DEFAULT_NUM_BUCKETS, Allocation, check_num_bu
 from sluice.core.errors import CoreInputError
 
 _sha1 = hashlib.sha1
+# h of the module docstring: the first 8 digest bytes as a big-endian uint64 (a 1-tuple);
+# a quarter faster than int.from_bytes(digest[:8], "big") on the assignment path.
+_digest_head = struct.Struct(">Q").unpack_from
 
 
 class AssignmentError(CoreInputError):
@@ -216,26 +220,31 @@ class Assigner:
 
     def assign(self, unit_id: str) -> Assignment:
         """The arm of one unit. Raises AssignmentError if `unit_id` is not a str."""
+        arm, inside, bucket = self.locate(unit_id)
+        if inside:
+            return Assignment(arm, self.arms[arm], self._shares[arm], True, bucket)
+        return Assignment(arm, self.default_arm, 1.0, False, bucket)
+
+    def locate(self, unit_id: str) -> tuple[int, bool, int]:
+        """`assign` as a plain tuple `(arm_index, in_experiment, bucket)`: the SDK's hot path,
+        which spends a third of `assign`'s time building the frozen `Assignment` otherwise.
+        Outside the experiment, arm_index is the default arm's."""
         n = self.allocation.num_buckets
         try:
             key = unit_id.encode()
         except (AttributeError, UnicodeEncodeError):
             key = _encode(unit_id)  # raises a readable error
-        bucket = int.from_bytes(_sha1(self._prefix + key).digest()[:8], "big") % n
+        bucket = _digest_head(_sha1(self._prefix + key).digest())[0] % n
         if self._threshold < n:
-            traffic_bucket = int.from_bytes(_sha1(self._traffic_prefix + key).digest()[:8], "big") % n
+            traffic_bucket = _digest_head(_sha1(self._traffic_prefix + key).digest())[0] % n
             if traffic_bucket >= self._threshold:
-                return self._outside(bucket)
+                return self._default_index, False, bucket
         layer = self.layer
         if layer is not None:
-            lb = int.from_bytes(_sha1(self._layer_prefix + key).digest()[:8], "big") % layer.num_buckets
+            lb = _digest_head(_sha1(self._layer_prefix + key).digest())[0] % layer.num_buckets
             if not layer.start <= lb < layer.end:
-                return self._outside(bucket)
-        arm = self._owner[bucket]
-        return Assignment(arm, self.arms[arm], self._shares[arm], True, bucket)
-
-    def _outside(self, bucket: int) -> Assignment:
-        return Assignment(self._default_index, self.default_arm, 1.0, False, bucket)
+                return self._default_index, False, bucket
+        return self._owner[bucket], True, bucket
 
     def assign_batch(self, unit_ids: Iterable[str] | NDArray[Any]) -> BatchAssignment:
         """Arms of many units, equal to `assign` for each (see `buckets_of` for unit_ids)."""

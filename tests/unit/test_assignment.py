@@ -78,6 +78,7 @@ def test_arms_match_the_stored_vectors(vectors: dict) -> None:
             got = assigner.assign(case["unit_id"])
             expected = (case["bucket"], case["arm"], case["in_experiment"], case["propensity"])
             assert (got.bucket, got.arm, got.in_experiment, got.propensity) == expected, (setup["name"], case)
+            assert assigner.locate(case["unit_id"]) == (arms.index(case["arm"]), case["in_experiment"], case["bucket"])
             assert (int(batch.bucket[i]), str(batch.arm_names()[i]), bool(batch.in_experiment[i])) == expected[:3]
         # every setup exercises more than one outcome, so the vectors can catch a mix-up
         assert len({c["arm"] for c in setup["cases"]}) > 1
@@ -128,6 +129,7 @@ def test_batch_equals_single_for_any_unicode_ids(units: list[str]) -> None:
     batch = assigner.assign_batch(np.array(units, dtype=object))
     for i, unit in enumerate(units):
         one = assigner.assign(unit)
+        assert assigner.locate(unit) == (one.arm_index, one.in_experiment, one.bucket)
         assert (one.arm_index, one.propensity, one.in_experiment, one.bucket) == (
             batch.arm_index[i],
             batch.propensity[i],
