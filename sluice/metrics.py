@@ -129,7 +129,7 @@ class DeliveryCollector:
             ("sluice_serves_logged", counts.logged, "Records (serves, rewards) logged for delivery."),
             ("sluice_serves_delivered", counts.delivered, "Records Kafka acknowledged."),
             ("sluice_serves_spilled", counts.spilled, "Records written to the local spill file while Kafka was unreachable."),
-            ("sluice_serves_dropped", counts.dropped, "Records lost: spill file full, or refused by Kafka."),
+            ("sluice_serves_dropped", counts.dropped, "Records lost: spill file full, refused by Kafka, or not encodable."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("sluice_serves_spill_bytes", "Bytes waiting in the spill file.",

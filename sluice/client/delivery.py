@@ -1,13 +1,15 @@
 """Delivery of log records (serves, rewards) to Kafka that never blocks the caller and never
 loses a record without saying so.
 
-`log()` only appends to an in-memory queue. A background thread hands records to an
-idempotent, batching, `acks=all` producer. A record the broker could not take in time
+`log()` only appends to an in-memory queue: the record's bytes, or a value that the encoder
+registered for its topic (`encode_with`) turns into them, so the caller's thread does not
+pay for encoding (an SDK's `assign` logs a serve this way). A background thread encodes, in
+queue order, and hands records to an idempotent, batching, `acks=all` producer. A record the broker could not take in time
 (unreachable broker, timeout) goes to a bounded spill file on local disk; from then on new
 records also go to the spill, so their order is kept, and once the broker answers again
 the spill is replayed in order and emptied. Counts of queued, delivered, spilled and dropped
-records are kept for metrics; a dropped record (spill full, or a non-retriable error) is
-logged at ERROR level with the reason.
+records are kept for metrics; a dropped record (spill full, a non-retriable error, or a value
+its encoder refuses) is logged at ERROR level with the reason.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sluice.client.spill import SpillFile
+from sluice.errors import SluiceError
 from sluice.kafka.clients import producer_config
 
 log = logging.getLogger(__name__)
+
+Encode = Callable[[Any], bytes]
 
 
 @dataclass
@@ -55,7 +61,11 @@ class DurableDelivery:
 
         self.counts = DeliveryCounts()
         self._spill = SpillFile(spill_path, max_spill_bytes)
-        self._queue: collections.deque[tuple[str, bytes | None, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[str, bytes | None, Any]] = collections.deque()
+        self._encoders: dict[str, Encode] = {}
+        # Bound once: a bound method made per record would be one more object for the
+        # garbage collector to track until Kafka answers.
+        self._delivered = self._on_delivery
         self._spilling = self._spill.pending_bytes() > 0  # a spill left by an earlier run replays first
         self._probe_interval_s = probe_interval_s
         self._replay_batch = replay_batch
@@ -67,16 +77,25 @@ class DurableDelivery:
                **(producer_overrides or {})},
         ))
         self._stop = threading.Event()
-        self._idle = threading.Event()
+        # Held by the delivery thread while records are between the queue and the producer
+        # or spill, so `flush` never sees a record in neither place.
+        self._moving = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sluice-delivery", daemon=True)
         self._thread.start()
 
     # -- caller side ---------------------------------------------------------------
-    def log(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Queue one record for delivery. Never blocks on Kafka or disk."""
+    def encode_with(self, topic: str, encode: Encode) -> None:
+        """Values logged for `topic` that are not bytes become `encode(value)`, on the
+        delivery thread. A value `encode` refuses (raises) is dropped, counted and logged
+        with the reason."""
+        self._encoders[topic] = encode
+
+    def log(self, topic: str, key: bytes | None, value: Any) -> None:
+        """Queue one record for delivery. Never blocks on Kafka or disk. `value` is the
+        record's `bytes`, or a value for the encoder of `topic` (see `encode_with`), which
+        must not change after this call."""
         self._queue.append((topic, key, value))
         self.counts.logged += 1
-        self._idle.clear()
 
     @property
     def spill_pending_bytes(self) -> int:
@@ -85,9 +104,15 @@ class DurableDelivery:
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every logged record is delivered (spill included); False on timeout."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._idle.wait(0.05) and not self._queue and self._spill.pending_bytes() == 0 and len(self._producer) == 0:
-                return True
+        while self._moving.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                if not self._queue and self._spill.pending_bytes() == 0 and len(self._producer) == 0:
+                    return True
+            finally:
+                self._moving.release()
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
         return False
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -96,12 +121,20 @@ class DurableDelivery:
         self.flush(1.0 if self._spilling else timeout_s)
         self._stop.set()
         self._thread.join()
-        while self._queue:  # logged but never handed to the producer
-            self._to_spill(*self._queue.popleft())
-        # Records still waiting in the producer's queue come back through _on_delivery as
-        # purged, and go to the spill file with the others.
+        # The producer's records were logged before those still queued, so they go first:
+        # delivered now if the broker answers, else purged, and _on_delivery spills them.
+        # (librdkafka reports purged records of its two internal queues in two runs, not in
+        # the order logged, so purging only what it cannot deliver keeps that case rare.)
+        if not self._spilling:
+            self._producer.flush(1.0)
         self._producer.purge(in_queue=True, in_flight=False)
         self._producer.flush(1.0)
+        while self._queue:  # logged but never handed to the producer (nor encoded, maybe)
+            topic, key, value = self._queue.popleft()
+            if value.__class__ is not bytes:
+                value = self._encoded(topic, value)
+            if value is not None:
+                self._to_spill(topic, key, value)
         self._spill.close()
 
     # -- delivery thread -----------------------------------------------------------
@@ -123,27 +156,48 @@ class DurableDelivery:
             self.counts.dropped += 1
             log.error("spill file %s is full (%d bytes): dropped a record for %s", self._spill.path, self._spill.max_bytes, topic)
 
+    def _encoded(self, topic: str, value: Any) -> bytes | None:
+        """The bytes of a value logged for `topic`, or None when its encoder fails (or there
+        is none): the record is dropped, counted and logged."""
+        try:
+            encode = self._encoders.get(topic)
+            if encode is None:
+                raise SluiceError(f"a {type(value).__name__} was logged for {topic}, "
+                                  f"which has no encoder (see encode_with)")
+            return encode(value)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the others
+            self.counts.dropped += 1
+            # An encoder's own error names the field; anything else is a bug worth a traceback.
+            log.error("dropped a record for %s: it cannot be encoded: %s", topic, exc,
+                      exc_info=not isinstance(exc, SluiceError))
+            return None
+
     def _run(self) -> None:
         while not self._stop.is_set():
             moved = 0
-            while self._queue and moved < 10_000:
-                topic, key, value = self._queue.popleft()
-                if self._spilling:
-                    self._to_spill(topic, key, value)
-                else:
-                    self._produce(topic, key, value)
-                moved += 1
+            if self._queue:
+                with self._moving:
+                    # Stopping (close's time is up): what is still queued goes to the spill there.
+                    while self._queue and moved < 10_000 and not self._stop.is_set():
+                        topic, key, value = self._queue.popleft()
+                        moved += 1
+                        if value.__class__ is not bytes:
+                            value = self._encoded(topic, value)
+                            if value is None:
+                                continue
+                        if self._spilling:
+                            self._to_spill(topic, key, value)
+                        else:
+                            self._produce(topic, key, value)
             self._producer.poll(0.01 if moved else 0.05)
             if self._spilling and time.monotonic() >= self._next_probe:
                 self._next_probe = time.monotonic() + self._probe_interval_s
                 self._replay()
-            if not self._queue and not self._spilling and len(self._producer) == 0:
-                self._idle.set()
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
                 return
             except BufferError:  # librdkafka's own queue is full: serve callbacks, then retry
                 self._producer.poll(0.05)

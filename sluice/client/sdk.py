@@ -11,8 +11,9 @@ Specs and weight tables are followed from their compacted topics in background t
 (full read at start, then live) and snapshotted to `state_dir`; a client started while
 Kafka is down serves from the snapshot, and with no table at all it answers the
 experiment's default arm and says so (`source == "default"`). An assignment never waits
-on Kafka: it reads memory, hashes, and queues the ServeEvent for `DurableDelivery`
-(batched, idempotent, acks=all, a bounded spill file while Kafka is unreachable).
+on Kafka: it reads memory, hashes, and queues the serve for `DurableDelivery` (batched,
+idempotent, acks=all, a bounded spill file while Kafka is unreachable), whose thread
+builds and encodes the ServeEvent: the caller's thread pays for the assignment only.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from sluice.avro import SchemaSet, SingleObjectSerde
+from sluice.avro.serve_event import ServeEventWriter
 from sluice.core.allocation import Allocation
 from sluice.core.assignment import Assigner
-from sluice.core.serve_token import ServeTokenError, format_serve_id, parse_serve_id
-from sluice.core.spec import ExperimentSpec, spec_from_mapping
+from sluice.core.serve_token import ServeTokenError, parse_serve_id
+from sluice.core.spec import ExperimentSpec, spec_from_mapping, spec_from_record
 from sluice.errors import SluiceError
 from sluice.kafka.clients import entity_key
 from sluice.kafka.follower import CompactedTopicFollower
@@ -48,11 +50,13 @@ class UnknownNameError(AssignmentRequestError):
     """A request naming an experiment or parameter that no live spec has."""
 
 
-@dataclass(frozen=True)
-class Served:
+class Served(NamedTuple):
     """One assignment. `source`: "table" (a live weight table), "snapshot" (the table
     restored from disk while Kafka is unreachable) or "default" (no table, paused or
-    stopped, or outside the experiment's traffic: the default arm)."""
+    stopped, or outside the experiment's traffic: the default arm).
+
+    Immutable, like a frozen dataclass; a NamedTuple because one is built per assignment,
+    and it builds in a fifth of the time (0.16 against 0.86 µs)."""
 
     experiment: str
     entity: str
@@ -83,9 +87,17 @@ class ParameterValue:
 
 @dataclass
 class _Entry:
+    """What `assign` needs of one (experiment, entity) under one weight table, ready to use:
+    per arm index (name, parameter values, propensity), and the same outside the experiment.
+    Valid while the spec and the table it was built from are the current objects."""
+
+    spec: ExperimentSpec
+    table: dict[str, Any] | None
     version: int
     assigner: Assigner
-    arm_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    has_table: bool
+    arms: tuple[tuple[str, dict[str, Any], float], ...]
+    outside: tuple[str, dict[str, Any], float]
 
 
 class ServeIds:
@@ -104,10 +116,44 @@ class ServeIds:
     def __call__(self) -> str:
         n = self._next()
         if n > 0xFFFFFFFF:
-            with self._lock:
-                self._renew()
-                n = self._next()
+            n = self._wrapped()
         return f"{self._head}{n:08x}"
+
+    def token(self, serve_ms: int, in_experiment: bool, arm: str) -> str:
+        """A new serve id, `format_serve_id(self(), serve_ms, in_experiment, arm)` in one
+        step (a tenth of a microsecond less on the assignment path; tested equal)."""
+        n = self._next()
+        if n > 0xFFFFFFFF:
+            n = self._wrapped()
+        return f"1.{self._head}{n:08x}.{serve_ms:x}.{'1' if in_experiment else '0'}.{arm}"
+
+    def _wrapped(self) -> int:
+        with self._lock:
+            self._renew()
+            return self._next()
+
+
+# A logged serve waits in the delivery queue as a tuple of the ServeEvent's fields in
+# schema order (`ServeEventWriter.encode`'s arguments), the context as a tuple of pairs:
+# atoms only, so the garbage collector stops tracking it at its first pass. A `Served`
+# (its `values` is a dict) would stay tracked, and in a busy process be promoted to the
+# oldest generation, whose full collections then cost 1.5-2.5 µs a serve (measured).
+ServeEventFields = tuple[str, str, str, str, str, str, bool, float, int, int, int, tuple[tuple[str, str], ...] | None]
+
+
+def _context_pairs(context: dict[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    """The caller's context as it is now (it is encoded later; the caller may change its dict
+    meanwhile); raises naming an entry that is not string to string."""
+    if not context:
+        return None
+    try:
+        pairs = tuple(context.items())
+    except (AttributeError, TypeError):
+        raise AssignmentRequestError(f"context must map strings to strings, but {context!r:.200} is given") from None
+    for k, v in pairs:
+        if not (isinstance(k, str) and isinstance(v, str)):
+            raise AssignmentRequestError(f"context must map strings to strings, but it has {k!r:.100}: {v!r:.100}")
+    return pairs
 
 
 class SluiceClient:
@@ -117,10 +163,11 @@ class SluiceClient:
                  serde: SingleObjectSerde | None = None) -> None:
         self.names = TopicNames(prefix)
         self.serde = serde or SingleObjectSerde(SchemaSet.bundled())
-        # Serve events are built here, field by field: skip the schema validation pass on
-        # the assignment path (the writer still refuses a value that does not fit).
-        self._serve_serde = SingleObjectSerde(self.serde.schemas, validate_on_encode=False)
+        self._serve_writer = ServeEventWriter(self.serde.schemas.latest("ServeEvent"))
+        self._serves_topic = self.names.serves
         self.delivery = delivery
+        if delivery is not None:
+            delivery.encode_with(self._serves_topic, self._encode_serve)
         self.state_dir = Path(state_dir)
         self.specs: dict[str, ExperimentSpec] = {}
         self.tables: dict[bytes, dict[str, Any]] = {}
@@ -128,6 +175,7 @@ class SluiceClient:
         self._params: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._followers: list[CompactedTopicFollower[Any]] = []
+        self._live = False
         self._serve_id = ServeIds()
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -163,7 +211,9 @@ class SluiceClient:
     @property
     def live(self) -> bool:
         """Both topics have been read to their end: answers come from Kafka's tables."""
-        return bool(self._followers) and all(f.ready.is_set() for f in self._followers)
+        if not self._live:  # once read to the end, a follower stays ready
+            self._live = bool(self._followers) and all(f.ready.is_set() for f in self._followers)
+        return self._live
 
     @property
     def ready(self) -> bool:
@@ -187,26 +237,45 @@ class SluiceClient:
                *, timestamp_ms: int | None = None, log: bool = True) -> Served:
         """The arm of `unit_id` in `experiment` (for `entity`, if the experiment has
         entities). Logs the ServeEvent unless `log=False` (then call `log_exposure` when
-        the unit actually sees it)."""
+        the unit actually sees it). `context` (strings to strings) goes into the ServeEvent.
+
+        This is the hot path of every service that assigns (see `bench/bench_sidecar.py`):
+        it reads memory, hashes, and queues the ServeEvent's fields; the delivery thread
+        encodes them."""
         spec = self.specs.get(experiment)
         if spec is None:
             known = ", ".join(sorted(self.specs)) or "none"
             raise UnknownNameError(f"unknown experiment {experiment!r} (known: {known})")
         if not isinstance(unit_id, str) or not unit_id:
             raise AssignmentRequestError("unit_id must be a non-empty string")
-        if spec.entity is not None and not entity:
+        if entity:
+            if not isinstance(entity, str):
+                raise AssignmentRequestError(f"entity must be a string, but {entity!r} is given")
+        elif spec.entity is not None:
             raise AssignmentRequestError(f"experiment {experiment!r} runs per {spec.entity}: give the entity")
-        entity = entity or ""
+        else:
+            entity = ""
         key = entity_key(experiment, entity)
-        entry, source = self._entry(spec, key)
-        a = entry.assigner.assign(unit_id)
-        inside = a.in_experiment and source != "default"
-        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-        served = Served(experiment, entity, unit_id, a.arm, entry.arm_values[a.arm], a.propensity if inside else 1.0,
-                        inside, entry.version, a.bucket, format_serve_id(self._serve_id(), now, inside, a.arm), now,
-                        source if inside else "default")
-        if log:
-            self.log_exposure(served, context)
+        # The (experiment, entity)'s prepared entry, rebuilt when its spec or table was
+        # replaced (both are replaced, never changed in place).
+        entry, table = self._entries.get(key), self.tables.get(key)
+        if entry is None or entry.spec is not spec or entry.table is not table:
+            entry = self._entries[key] = self._build(spec, table)
+        arm_index, inside, bucket = entry.assigner.locate(unit_id)
+        if inside and entry.has_table:
+            arm, values, propensity = entry.arms[arm_index]
+            source = "table" if self._live or self.live else "snapshot"  # _live: skips the property's call once live
+        else:
+            (arm, values, propensity), inside, source = entry.outside, False, "default"
+        now = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        serve_id = self._serve_id.token(now, inside, arm)
+        served = Served(experiment, entity, unit_id, arm, values, propensity, inside, entry.version, bucket, serve_id, now,
+                        source)
+        if log and self.delivery is not None:
+            pairs = _context_pairs(context) if context else None
+            fields: ServeEventFields = (serve_id, serve_id, experiment, entity, unit_id, arm, inside, propensity,
+                                        entry.version, bucket, now, pairs)
+            self.delivery.log(self._serves_topic, key, fields)
         return served
 
     def get(self, parameter: str, unit_id: str, entity: str | None = None, context: dict[str, str] | None = None,
@@ -225,17 +294,19 @@ class SluiceClient:
 
     def log_exposure(self, served: Served, context: dict[str, str] | None = None) -> None:
         """Log the ServeEvent of an assignment made with `log=False`."""
-        if self.delivery is None:
-            return
-        record = {
-            "event_id": served.serve_id, "serve_id": served.serve_id, "experiment_id": served.experiment,
-            "entity": served.entity, "unit_id": served.unit_id, "arm": served.arm,
-            "in_experiment": served.in_experiment, "propensity": served.propensity,
-            "weights_version": served.weights_version, "bucket": served.bucket,
-            "timestamp": served.timestamp_ms, "context": dict(context or {}),
-        }
-        self.delivery.log(self.names.serves, entity_key(served.experiment, served.entity),
-                          self._serve_serde.encode("ServeEvent", record))
+        if not isinstance(served, Served):
+            raise AssignmentRequestError(f"log_exposure takes the Served that assign returned, not {type(served).__name__}")
+        if self.delivery is not None:
+            s = served
+            fields: ServeEventFields = (s.serve_id, s.serve_id, s.experiment, s.entity, s.unit_id, s.arm,
+                                        s.in_experiment, s.propensity, s.weights_version, s.bucket, s.timestamp_ms,
+                                        _context_pairs(context))
+            self.delivery.log(self._serves_topic, entity_key(s.experiment, s.entity), fields)
+
+    def _encode_serve(self, fields: ServeEventFields) -> bytes:
+        """The ServeEvent of a logged serve (its event id is the serve id), on the delivery thread."""
+        context = fields[11]
+        return self._serve_writer.encode(*fields[:11], context and dict(context))
 
     def log_reward(self, serve: Served | str, value: float, *, experiment: str | None = None,
                    entity: str | None = None, name: str | None = None, timestamp_ms: int | None = None,
@@ -265,32 +336,30 @@ class SluiceClient:
                               self.serde.encode("RewardEvent", record))
         return event_id
 
-    def _entry(self, spec: ExperimentSpec, key: bytes) -> tuple[_Entry, str]:
-        table = self.tables.get(key) if spec.status == "running" else None
-        version = 0 if table is None else table["version"]
-        entry = self._entries.get(key)
-        if entry is None or entry.version != version or entry.assigner.salt != spec.salt:
-            entry = self._entries[key] = self._build(spec, table)
-        return entry, ("default" if table is None else "table" if self.live else "snapshot")
-
     @staticmethod
-    def _build(spec: ExperimentSpec, table: dict[str, Any] | None) -> _Entry:
+    def _build(spec: ExperimentSpec, key_table: dict[str, Any] | None) -> _Entry:
         values = {a.name: dict(a.values) for a in spec.arms}
+        table = key_table if spec.status == "running" else None  # paused, stopped: the default arm
         if table is None:
             counts = [0] * len(spec.arms)
             counts[spec.arm_index(spec.default_arm)] = spec.num_buckets
-            return _Entry(0, spec.assigner(Allocation.contiguous(counts)), values)
-        arms, allocation = Allocation.from_arm_weights(table["arms"], table["num_buckets"])
-        for arm in arms:  # an arm the spec no longer has keeps no buckets; its values are unknown
-            values.setdefault(arm, {})
-        layer = None if spec.layer is None else spec.layer.to_slice()
-        return _Entry(table["version"], Assigner(spec.salt, allocation, arms, spec.default_arm,
-                                                 spec.traffic_fraction, layer), values)
+            assigner, version = spec.assigner(Allocation.contiguous(counts)), 0
+        else:
+            arms, allocation = Allocation.from_arm_weights(table["arms"], table["num_buckets"])
+            for arm in arms:  # an arm the spec no longer has keeps no buckets; its values are unknown
+                values.setdefault(arm, {})
+            layer = None if spec.layer is None else spec.layer.to_slice()
+            assigner = Assigner(spec.salt, allocation, arms, spec.default_arm, spec.traffic_fraction, layer)
+            version = table["version"]
+        shares = assigner.allocation.shares.tolist()  # what Assigner.assign gives as the propensity
+        return _Entry(spec, key_table, version, assigner, table is not None,
+                      tuple((arm, values[arm], share) for arm, share in zip(assigner.arms, shares)),
+                      (spec.default_arm, values[spec.default_arm], 1.0))
 
     # -- following and snapshots --------------------------------------------------------------
 
     def _decode_spec(self, value: bytes) -> ExperimentSpec:
-        return spec_from_mapping(orjson.loads(self.serde.decode(value, "ExperimentSpec").record["spec_json"]))
+        return spec_from_record(self.serde.decode(value, "ExperimentSpec").record)
 
     def _decode_table(self, value: bytes) -> dict[str, Any]:
         return self.serde.decode(value, "WeightTable").record

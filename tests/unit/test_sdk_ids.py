@@ -19,3 +19,14 @@ def test_a_wrapped_counter_starts_a_new_head() -> None:
     gen._next = iter([2**32]).__next__  # the counter's next value overflows 32 bits
     wrapped = gen()
     assert wrapped[:16] != first[:16] and wrapped.endswith("00000001")
+
+
+def test_a_token_is_the_serve_token_format_of_its_unique_part() -> None:
+    gen = ServeIds()
+    for serve_ms, inside, arm in [(1_700_000_000_000, True, "arm-1"), (0, False, "a"), (2**40, True, "m.v2_x-1")]:
+        token = gen.token(serve_ms, inside, arm)
+        parsed = parse_serve_id(token)
+        assert token == format_serve_id(parsed.unique, serve_ms, inside, arm)
+        assert (parsed.serve_ms, parsed.in_experiment, parsed.arm) == (serve_ms, inside, arm)
+    gen._next = iter([2**32]).__next__  # a wrapped counter renews the head here too
+    assert parse_serve_id(gen.token(1, True, "a")).unique.endswith("00000001")
