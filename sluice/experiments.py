@@ -98,6 +98,22 @@ class ExperimentRegistry:
         self._publish(spec)
         return spec
 
+    def reinstate(self, experiment_id: str, arm: str, entity: str | None = None, *,
+                  at_ms: int | None = None) -> ExperimentSpec:
+        """Give `arm` its traffic back for `entity` (None: every entity) after a health
+        rollback or a decision that retired it: a new spec version records the reinstatement
+        in `health.reinstated`, and the worker lifts what was done before it."""
+        current = self.get(experiment_id)
+        if arm not in current.arm_names:
+            raise ExperimentNotFoundError(f"experiment {experiment_id!r} has no arm {arm!r}; "
+                                          f"the arms are {list(current.arm_names)}")
+        at = int(time.time() * 1000) if at_ms is None else at_ms
+        data = current.model_dump(mode="json")
+        data["health"]["reinstated"] = [*data["health"]["reinstated"], {"arm": arm, "entity": entity, "at_ms": at}]
+        spec = spec_from_mapping({**data, "spec_version": current.spec_version + 1})
+        self._publish(spec)
+        return spec
+
     def _publish(self, spec: ExperimentSpec) -> None:
         self._producer.send(self.topic, spec.id.encode(), "ExperimentSpec", spec_record(spec))
         self._producer.flush()

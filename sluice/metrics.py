@@ -47,6 +47,8 @@ class StreamMetrics:
     ticks: Counter
     largest_message: Gauge
     state_bytes: Gauge
+    health_e_value: Gauge
+    health_actions: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> StreamMetrics:
@@ -63,8 +65,15 @@ class StreamMetrics:
                                   "since start, by topic.", ["topic"], registry=registry),
             state_bytes=Gauge("sluice_stream_state_bytes", "Bytes of the worker's local state store on disk.",
                               registry=registry),
-            srm_p_value=Gauge("sluice_srm_p_value", "Sample-ratio-mismatch p-value of the window's serves against the "
-                              "weights (static-weight experiments).", ["experiment", "entity"], registry=registry),
+            health_e_value=Gauge("sluice_health_e_value", "Evidence of each health guardrail's e-detector per arm "
+                                 "(a breach at 1/alpha; 1 = none).", ["experiment", "entity", "arm", "guardrail"],
+                                 registry=registry),
+            health_actions=Counter("sluice_health_actions_total", "Health guardrail breaches and reinstatements, by "
+                                   "guardrail and what was done (alert, rollback, pause, reinstate).",
+                                   ["experiment", "guardrail", "action"], registry=registry),
+            srm_p_value=Gauge("sluice_srm_p_value", "Always-valid sample-ratio-mismatch p-value (1/e-value) of the "
+                              "serves against the weights in force when they were served.", ["experiment", "entity"],
+                              registry=registry),
             guardrail_actions=Counter("sluice_guardrail_actions_total", "Publications in which a guardrail changed the "
                                       "policy's weights, by rule (floor, cap, max_step, warmup, kill, pin).",
                                       ["experiment", "rule"], registry=registry),

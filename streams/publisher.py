@@ -25,7 +25,6 @@ from sluice.core.stats.comparison import ArmData
 from sluice.core.guardrails import apply_guardrails
 from sluice.core.policies import PolicyContext, policy_probabilities
 from sluice.core.spec import ExperimentSpec
-from sluice.core.stats.significance import srm_test
 from sluice.core.sufficient import DAY_MS, ArmCounters, ArmStatistics, window_hours
 from streams.state import EntityState, entity_of
 
@@ -38,7 +37,6 @@ class Publication:
     weights: dict[str, float]
     allocation: Allocation
     guardrails: tuple[str, ...] = ()  # rules that changed the policy's weights
-    srm_p_value: float | None = None  # for static weights: do the window's serves fit them?
 
 
 def window_totals(state: EntityState, window_ms: int) -> NDArray[np.float64]:
@@ -47,8 +45,14 @@ def window_totals(state: EntityState, window_ms: int) -> NDArray[np.float64]:
     return state.hours.window(state.max_event_ms, window_ms).values[:, :len(state.arms)].T
 
 
-def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int) -> Publication:
-    """The weight table to publish now; updates nothing (see `mark_published`)."""
+def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int, *,
+                      fixed: dict[str, float] | None = None, notes: list[str] | tuple[str, ...] = (),
+                      prior: Any = None) -> Publication:
+    """The weight table to publish now; updates nothing (see `mark_published`).
+
+    `fixed`: weights the entity's health or decisions hold (a rolled-back arm at 0, a paused
+    entity's default arm at 1, a shipped winner), with `notes` saying why for the reason;
+    `prior`: the policy's prior for this entity (a pooled prior), if any."""
     for arm in spec.arm_names:  # arms new to the spec join the state (and the allocation)
         state.arm_index(arm)
     arms = tuple(state.arms)
@@ -56,15 +60,16 @@ def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, 
     live = [state.arms.index(a) for a in spec.arm_names]
 
     live_stats = ArmStatistics.of(totals[live, COUNT], totals[live, SUM], totals[live, SUM_SQ])
-    ctx = PolicyContext(spec.arm_names, spec.reward.type)
+    ctx = PolicyContext(spec.arm_names, spec.reward.type, prior)
     proposed_live = policy_probabilities(spec.policy.name, spec.policy.params, live_stats, ctx)
     proposed = np.zeros(len(arms))
     proposed[live] = proposed_live
 
     removed = [a for a in arms if a not in spec.arm_names]
     config = spec.guardrails
-    if removed:
-        config = config.model_copy(update={"pins": {**config.pins, **{a: 0.0 for a in removed}}})
+    if removed or fixed:
+        pins = {} if fixed and sum(fixed.values()) > 0 else dict(config.pins)  # fixed weights replace the spec's pins
+        config = config.model_copy(update={"pins": {**pins, **{a: 0.0 for a in removed}, **(fixed or {})}})
     previous = None
     if state.allocation is not None and state.num_buckets == spec.num_buckets:
         previous = Allocation.from_ranges(state.allocation, state.num_buckets)
@@ -73,6 +78,8 @@ def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, 
 
     policy_part = ", ".join(f"{a}={p:.4g}" for a, p in zip(spec.arm_names, proposed_live))
     reason = f"{spec.policy.name} over {int(totals[live, COUNT].sum())} observations: {policy_part}; {result.reason()}"
+    if notes:
+        reason += "; " + "; ".join(notes)
     first, _ = window_hours(state.max_event_ms, spec.window_ms)
     record = {
         "event_id": str(uuid.uuid4()),
@@ -92,11 +99,13 @@ def next_weight_table(state: EntityState, spec: ExperimentSpec, routing: bytes, 
         "window_end": state.max_event_ms,
         "computed_at": now_ms,
     }
-    srm = None
-    if spec.policy.name == "static" and totals[live, COUNT].sum() > 0:
-        srm = srm_test(totals[live, COUNT], result.weights[live]).p_value
     rules = tuple(dict.fromkeys(a.rule for a in result.actions if a.rule != "quantize"))
-    return Publication(record, dict(zip(arms, result.weights.tolist())), result.allocation, rules, srm)
+    return Publication(record, dict(zip(arms, result.weights.tolist())), result.allocation, rules)
+
+
+# Table versions whose weights are kept, so that serves logged under them join the SRM test:
+# up to 256 (minutes of publications), fewer for many arms (about 64 KB of them at most).
+RECENT_VERSIONS, RECENT_WEIGHTS_BYTES = 256, 64 * 1024
 
 
 def mark_published(state: EntityState, publication: Publication) -> None:
@@ -104,6 +113,16 @@ def mark_published(state: EntityState, publication: Publication) -> None:
     state.allocation = publication.allocation.to_lists()
     state.num_buckets = publication.allocation.num_buckets
     state.published_changes = state.changes
+    state.recent_weights.append([state.version, [publication.weights[a] for a in state.arms]])
+    keep = max(8, min(RECENT_VERSIONS, RECENT_WEIGHTS_BYTES // (24 * len(state.arms))))
+    del state.recent_weights[:-keep]
+
+
+def current_weights(state: EntityState) -> dict[str, float]:
+    """The weights of the latest published table, by arm."""
+    if not state.recent_weights:
+        return {}
+    return dict(zip(state.arms, state.recent_weights[-1][1]))
 
 
 def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int) -> dict[str, Any] | None:
@@ -123,7 +142,8 @@ def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, no
         weights = counts[live] / max(1, counts[live].sum())
     span_days = max(0.0, (state.max_event_ms - state.first_event_ms) / DAY_MS)
     decision = decide(data, spec.criteria, days_in_window=min(spec.window_days, span_days), days_running=span_days,
-                      control=arms.index(spec.default_arm), current_weights=weights)
+                      control=arms.index(spec.default_arm), current_weights=weights,
+                      adaptive=spec.policy.name != "static", floor=spec.guardrails.floor)
     return {
         "event_id": str(uuid.uuid4()), "experiment_id": spec.id, "entity": entity_of(routing) or None,
         "verdict": decision.verdict.value.upper(), "winner": decision.winner, "rule": decision.rule.value,
@@ -132,5 +152,30 @@ def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, no
         "statistics": [{"arm": a, "serves": int(totals[i, SERVES]), "count": int(totals[i, COUNT]),
                         "sum": float(totals[i, SUM]), "sum_squares": float(totals[i, SUM_SQ])}
                        for a, i in zip(arms, live)],
+        "changes": None,
         "timestamp": now_ms,
     }
+
+
+def act_on_decision(state: EntityState, spec: ExperimentSpec, decision: dict[str, Any], now_ms: int) -> str:
+    """With `decisions: act`, make a Decision move weights for its entity and say what moved:
+    SHIP gives the winner all traffic but the spec's holdback; an arm the decision STOPs
+    under KILL or CONTINUE is retired (held at 0 until reinstated). Control is never
+    retired, nor the last live arm. Returns the sentence for the Decision's `changes`."""
+    entity = decision["entity"] or ""
+    changes = []
+    if decision["verdict"] == "SHIP" and decision["winner"] and (state.shipped or {}).get("winner") != decision["winner"]:
+        state.shipped = {"winner": decision["winner"], "holdback": spec.holdback, "at_ms": now_ms}
+        changes.append(f"shipped {decision['winner']} for {entity!r}: {1 - spec.holdback:.0%} of traffic, "
+                       f"{spec.holdback:.0%} held back")
+    elif decision["verdict"] in ("KILL", "CONTINUE"):
+        live = [a for a in spec.arm_names if a not in state.actions]
+        for action in decision["arm_actions"]:
+            arm = action["arm"]
+            if action["action"] != "STOP" or arm == spec.default_arm or arm not in live or len(live) <= 1:
+                continue
+            state.actions[arm] = {"action": "kill", "kind": "decision", "at_ms": now_ms, "value": 0.0,
+                                  "threshold": 0.0, "rule": decision["rule"]}
+            live.remove(arm)
+            changes.append(f"retired {arm} for {entity!r} ({action['reason']})")
+    return "; ".join(changes) or "nothing to change"

@@ -195,7 +195,7 @@ class EntityState:
             "arms": self.arms, "max_event_ms": self.max_event_ms, "first_event_ms": self.first_event_ms,
             "newest_input_ms": self.newest_input_ms, "changes": self.changes,
             "published_changes": self.published_changes, "serve_chunks": self.serve_chunks, "version": self.version,
-            "decision": self.decision, "origin_hour": self.origin_hour, "recent_weights": self.recent_weights,
+            "decision": self.decision, "origin_hour": self.origin_hour,
             "srm_first_start": self.srm_first_start, "srm_log_e": self.srm_log_e, "actions": self.actions,
             "paused": self.paused, "shipped": self.shipped, "alerted": self.alerted,
         })
@@ -208,7 +208,10 @@ class EntityState:
         return None
 
     def allocation_bytes(self) -> bytes:
-        return orjson.dumps({"allocation": self.allocation, "num_buckets": self.num_buckets})
+        """What changes only when a table is published: its allocation, and the weights of the
+        recent versions (for the SRM test), kept apart from the header written every batch."""
+        return orjson.dumps({"allocation": self.allocation, "num_buckets": self.num_buckets,
+                             "recent_weights": self.recent_weights})
 
     @classmethod
     def from_bytes(cls, header: bytes, hours: dict[int, bytes], allocation: bytes | None = None) -> EntityState:

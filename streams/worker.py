@@ -51,8 +51,17 @@ from sluice.kafka.transactions import (
 )
 from sluice.metrics import StreamMetrics
 from streams.processor import REWARDS_TOPIC, SERVES_TOPIC, BatchResult, InputEvent, Processor
-from streams.publisher import Publication, decision_record, mark_published, next_weight_table
-from streams.state import RS, EntityState, allocation_key, experiment_of, header_key
+from streams import health
+from streams.peers import PeerStatistics
+from streams.publisher import (
+    Publication,
+    act_on_decision,
+    current_weights,
+    decision_record,
+    mark_published,
+    next_weight_table,
+)
+from streams.state import RS, EntityState, allocation_key, entity_of, experiment_of, header_key
 from streams.store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -126,10 +135,12 @@ class _Outbox:
     result: BatchResult = field(default_factory=BatchResult)
     tables: list[tuple[bytes, EntityState, Publication]] = field(default_factory=list)
     decisions: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    alerts: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         r = self.result
-        return bool(r.writes or r.dead_letters or r.applied or r.outcomes or self.tables or self.decisions)
+        return bool(r.writes or r.dead_letters or r.applied or r.outcomes or self.tables or self.decisions
+                    or self.alerts)
 
 
 class Worker:
@@ -141,6 +152,7 @@ class Worker:
         self.serde = serde
         self.metrics = metrics
         self.specs = SpecBook(config.bootstrap, self.names.experiments, serde)
+        self.peers = PeerStatistics(config.bootstrap, self.names.weights, serde)
         self.kind_of = {self.names.serves: SERVES_TOPIC, self.names.rewards: REWARDS_TOPIC}
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(config.data_dir / "state", cache_bytes=config.cache_bytes,
@@ -185,6 +197,7 @@ class Worker:
 
     def run(self) -> None:
         self.specs.start()
+        self.peers.start()
         self.producer.init()  # also aborts what a previous run with our id left open
         self.consumer.subscribe()
         try:
@@ -193,6 +206,7 @@ class Worker:
         finally:
             self.consumer.close()  # leaves the group (revoking our partitions)
             self.specs.stop()
+            self.peers.stop()
             self.store.close()
 
     def stop(self) -> None:
@@ -281,18 +295,36 @@ class Worker:
             if spec is None or spec.status != "running" or state is None:
                 continue  # paused, stopped, draft or unknown: nothing is published
             try:
-                publication = next_weight_table(state, spec, routing, now_ms)
+                self._publish_one(routing, state, spec, now_ms, out)
             except CoreInputError as exc:  # a policy or guardrail that cannot work with these inputs
                 log.error("weights of %r not computed: %s", routing, exc)
                 continue
-            mark_published(state, publication)
-            out.tables.append((routing, state, publication))
             out.result.writes[allocation_key(routing)] = state.allocation_bytes()
-            decision = self._judge(routing, state, spec, now_ms)
-            if decision is not None:
-                out.decisions.append((spec.id.encode(), decision))
             out.result.writes[header_key(routing)] = state.header_bytes()
             out.result.routing_partition[routing] = self.partition_of(routing)
+
+    def _publish_one(self, routing: bytes, state: EntityState, spec: ExperimentSpec, now_ms: int, out: _Outbox) -> None:
+        """One (experiment, entity)'s round: lift what was reinstated, judge (and act on the
+        verdict if the spec says so), test its health and act, then its new weight table."""
+        entity = entity_of(routing)
+        alerts = health.lift(state, spec, entity, now_ms)
+        decision = self._judge(routing, state, spec, now_ms)
+        if decision is not None:
+            if spec.decisions == "act":
+                decision["changes"] = act_on_decision(state, spec, decision, now_ms)
+            out.decisions.append((spec.id.encode(), decision))
+        evaluation = health.evaluate(state, spec, entity, current_weights(state))
+        alerts += health.act(state, spec, entity, evaluation, now_ms)
+        fixed, notes = health.pins(state, spec)
+        publication = next_weight_table(state, spec, routing, now_ms, fixed=fixed, notes=notes,
+                                        prior=self.peers.pooled_prior(spec, entity))
+        mark_published(state, publication)
+        out.tables.append((routing, state, publication))
+        out.alerts += [(spec.id.encode(), a) for a in alerts]
+        for (guardrail, arm), e_value in evaluation.e_values.items():
+            self.metrics.health_e_value.labels(spec.id, entity, arm, guardrail).set(min(e_value, 1e300))
+        if evaluation.srm_p_value is not None:
+            self.metrics.srm_p_value.labels(spec.id, entity).set(evaluation.srm_p_value)
 
     def _judge(self, routing: bytes, state: EntityState, spec: ExperimentSpec, now_ms: int) -> dict[str, Any] | None:
         """Every `decision_interval_s` at most: the Decision of this (experiment, entity),
@@ -360,6 +392,8 @@ class Worker:
             self._send(self.names.weights, routing, self.serde.encode("WeightTable", publication.record))
         for key, record in out.decisions:
             self._send(self.names.decisions, key, self.serde.encode("Decision", record))
+        for key, record in out.alerts:
+            self._send(self.names.alerts, key, self.serde.encode("Alert", record))
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, *, headers: list[Any] | None = None,
               partition: int | None = None) -> None:
@@ -389,6 +423,8 @@ class Worker:
             self.metrics.events.labels(kind).inc(n)
         for outcome, n in r.outcomes.items():
             self.metrics.attribution.labels(outcome).inc(n)
+        for _, alert in out.alerts:
+            self.metrics.health_actions.labels(alert["experiment_id"], alert["guardrail"], alert["action"]).inc()
         for topic, size in self._largest.items():
             self.metrics.largest_message.labels(self._topic_kind(topic)).set(size)
         sent_at = time.time()
@@ -401,8 +437,6 @@ class Worker:
                 self.metrics.arm_weight.labels(exp, record["entity"], arm).set(weight)
             for rule in publication.guardrails:
                 self.metrics.guardrail_actions.labels(exp, rule).inc()
-            if publication.srm_p_value is not None:
-                self.metrics.srm_p_value.labels(exp, record["entity"]).set(publication.srm_p_value)
             if state.newest_input_ms:
                 self.metrics.freshness.observe(max(0.0, sent_at - state.newest_input_ms / 1000))
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sluice.core.health import REQUEST_OUTCOME
 from sluice.core.serve_token import ServeTokenError, format_serve_id, parse_serve_id
 from sluice.core.spec import ExperimentSpec, spec_from_mapping
 from sluice.kafka.clients import entity_key
@@ -66,6 +67,14 @@ class Traffic:
         self.events.append(("rewards", entity_key(exp, entity), {
             "event_id": str(uuid.uuid4()), "serve_id": serve_id, "experiment_id": exp, "entity": entity,
             "name": name, "value": value, "timestamp": ts, "latency_ms": None, "error": None,
+        }))
+
+    def outcome(self, exp: str, entity: str, serve_id: str, ts: int, *, latency_ms: float | None = None,
+                error: bool | None = None) -> None:
+        """How a served request went (what `SluiceClient.log_outcome` logs)."""
+        self.events.append(("rewards", entity_key(exp, entity), {
+            "event_id": str(uuid.uuid4()), "serve_id": serve_id, "experiment_id": exp, "entity": entity,
+            "name": REQUEST_OUTCOME, "value": 0.0, "timestamp": ts, "latency_ms": latency_ms, "error": error,
         }))
 
     def bandit(self, exp: str, entities: list[str], rates: dict[str, float], n_per_entity: int, start_ms: int,

@@ -95,3 +95,21 @@ def _status_command(name: str, status: str, doc: str) -> click.Command:
 _status_command("pause", "paused", "Pause EXPERIMENT_ID: weights freeze, sidecars serve the default arm.")
 _status_command("resume", "running", "Resume EXPERIMENT_ID after a pause.")
 _status_command("stop", "stopped", "Stop EXPERIMENT_ID for good: the default arm for everyone.")
+
+
+@experiments.command()
+@click.argument("experiment_id")
+@click.argument("arm")
+@click.option("--entity", default=None, help="Only for this entity [default: every entity].")
+@PREFIX
+@sluice_errors
+def reinstate(experiment_id: str, arm: str, entity: str | None, prefix: str) -> None:
+    """Give ARM of EXPERIMENT_ID its traffic back after a health rollback or a decision that
+    retired it (for one --entity, or all). Its health evidence starts again from now; the
+    spec's new version records who was reinstated and when."""
+    from sluice.experiments import ExperimentRegistry
+
+    with ExperimentRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+        spec = registry.reinstate(experiment_id, arm, entity)
+    where = f"entity {entity!r}" if entity else "every entity"
+    click.echo(f"{spec.id}: {arm} reinstated for {where} (version {spec.spec_version})")

@@ -34,6 +34,7 @@ from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.avro.serve_event import ServeEventWriter
 from sluice.core.allocation import Allocation
 from sluice.core.assignment import Assigner
+from sluice.core.health import REQUEST_OUTCOME
 from sluice.core.serve_token import ServeTokenError, parse_serve_id
 from sluice.core.spec import ExperimentSpec, spec_from_mapping, spec_from_record
 from sluice.errors import SluiceError
@@ -335,6 +336,17 @@ class SluiceClient:
             self.delivery.log(self.names.rewards, entity_key(experiment, entity or ""),
                               self.serde.encode("RewardEvent", record))
         return event_id
+
+    def log_outcome(self, serve: Served | str, *, latency_ms: float | None = None, error: bool | None = None,
+                    experiment: str | None = None, entity: str | None = None,
+                    timestamp_ms: int | None = None) -> str:
+        """Report how a served request went: its latency and whether it failed. The stream
+        worker's health guardrails (error rate, latency) watch these per arm and entity, and
+        can roll a failing arm back; report every request, not only the rewarded ones."""
+        if latency_ms is None and error is None:
+            raise AssignmentRequestError("an outcome needs latency_ms or error (or both)")
+        return self.log_reward(serve, 0.0, experiment=experiment, entity=entity, name=REQUEST_OUTCOME,
+                               timestamp_ms=timestamp_ms, latency_ms=latency_ms, error=error)
 
     @staticmethod
     def _build(spec: ExperimentSpec, key_table: dict[str, Any] | None) -> _Entry:

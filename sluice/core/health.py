@@ -48,6 +48,8 @@ REQUEST_OUTCOME = "sluice.request"
 # Alternatives of the Bernoulli test, as log-odds steps above the threshold: from barely
 # above it (slow drift) to far above (a model that fails one request in five).
 _LOG_ODDS_STEPS = np.array([0.1, 0.2, 0.4, 0.8, 1.6, 3.2])
+# Mixture sds of the mean-drop test, in units of the drop worth finding.
+_TAU_SCALES = np.array([1.0, 3.0, 10.0])
 
 
 class HealthInputError(CoreInputError):
@@ -213,9 +215,10 @@ def mean_drop(n_arm: ArrayLike, sum_arm: ArrayLike, sumsq_arm: ArrayLike, n_ref:
     passes them per start, shape (H,) each). The statistic is θ̂ = m_arm − (1 − drop)·m_ref
     with variance V = v_arm/n_arm + (1 − drop)²·v_ref/n_ref, and E_s is the mSPRT normal
     mixture likelihood ratio of θ̂ against θ = 0 (mixture sd τ = drop·|m_ref|, the size of
-    drop worth finding; Johari, Pekelis & Walsh 2017). It is symmetric, so the caller
-    alarms only when the arm is the worse one. A start with fewer than `min_observations`
-    on either side counts as 1.
+    drop worth finding; Johari, Pekelis & Walsh 2017), averaged over τ, 3τ and 10τ so that a
+    large drop is found as fast as a small one. It is symmetric, so the caller alarms only
+    when the arm is the worse one. A start with fewer than `min_observations` on either side
+    counts as 1.
     """
     arrays = [_counts(x, name) for x, name in ((n_arm, "n_arm"), (n_ref, "n_ref"))]
     na, nr = arrays
@@ -230,8 +233,10 @@ def mean_drop(n_arm: ArrayLike, sum_arm: ArrayLike, sumsq_arm: ArrayLike, n_ref:
         vr = np.maximum(qr[ok] / nr[ok] - mr * mr, 1e-12) * nr[ok] / np.maximum(nr[ok] - 1, 1)
         theta = ma - (1 - drop) * mr
         var = va / na[ok] + (1 - drop) ** 2 * vr / nr[ok]
-        tau2 = np.maximum((drop * np.abs(mr)) ** 2, 1e-12)
-        log_e[ok] = 0.5 * np.log(var / (var + tau2)) + tau2 * theta * theta / (2 * var * (var + tau2))
+        tau2 = np.maximum((drop * np.abs(mr)) ** 2, 1e-12)[:, None] * _TAU_SCALES[None, :] ** 2  # (H, 3)
+        v = var[:, None]
+        log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * (theta * theta)[:, None] / (2 * v * (v + tau2))
+        log_e[ok] = logsumexp(log_lr, axis=1) - np.log(_TAU_SCALES.size)
     return e_detector(log_e, first_start, alpha)
 
 

@@ -179,6 +179,9 @@ class ExperimentSpec(_Frozen):
             self.guardrails.check_arms(names)
         except GuardrailError as exc:
             problems.append(f"guardrails: {exc}")
+        if self.policy.params.get("pooled_prior") and self.reward.type != "binary":
+            problems.append("policy.params.pooled_prior: a pooled prior is a Beta prior, for binary rewards only; "
+                            f"this experiment's reward is {self.reward.type}")
         unknown = sorted({r.arm for r in self.health.reinstated} - set(names))
         if unknown:
             problems.append(f"health.reinstated: unknown arm(s) {unknown}; the arms are {names}")
