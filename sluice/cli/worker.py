@@ -45,6 +45,8 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
                    "Unique per running worker.")
 @click.option("--expire-interval", type=click.FloatRange(min=0.05), default=30.0, show_default=True,
               help="Seconds between sweeps that delete serve ids and rewarded serves that aged out.")
+@click.option("--decision-interval", type=click.FloatRange(min=0.05), default=30.0, show_default=True,
+              help="Seconds between verdicts of one (experiment, entity) (ship / iterate / kill / continue).")
 @click.option("--dedup-hours", type=click.FloatRange(min=0), default=24.0, show_default=True,
               help="Event-time hours a serve id is remembered, so that a serve logged twice counts once.")
 @click.option("--max-message-bytes", type=click.IntRange(min=16 * 1024), default=512 * 1024, show_default=True,
@@ -52,7 +54,8 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
 @click.option("--loglevel", default="warning", show_default=True)
 @sluice_errors
 def worker(prefix: str, data_dir: Path | None, publish_interval: float, batch_max: int, metrics_port: int,
-           metrics_host: str, instance_id: str | None, expire_interval: float, dedup_hours: float,
+           metrics_host: str, instance_id: str | None, expire_interval: float, decision_interval: float,
+           dedup_hours: float,
            max_message_bytes: int, loglevel: str) -> None:
     """Attribute rewards to serves, keep windowed per-arm statistics and publish weight tables.
 
@@ -79,7 +82,8 @@ def worker(prefix: str, data_dir: Path | None, publish_interval: float, batch_ma
         bootstrap=bootstrap, prefix=prefix,
         data_dir=data_dir or s.sluice_home / (f"worker-{prefix}" + (f"-{instance_id}" if instance_id else "")),
         publish_interval_s=publish_interval, batch_max=batch_max, instance_id=instance_id,
-        expire_interval_s=expire_interval, dedup_ms=round(dedup_hours * 3_600_000),
+        expire_interval_s=expire_interval, decision_interval_s=decision_interval,
+        dedup_ms=round(dedup_hours * 3_600_000),
         max_message_bytes=max_message_bytes,
     )
     registry = CollectorRegistry()

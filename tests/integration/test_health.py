@@ -51,7 +51,7 @@ def health_env(kafka_bootstrap, topic_prefix, serde, tmp_path):
         def start(instance: str = "w1") -> WorkerProcess:
             (port,) = free_loopback_ports(1)
             w = WorkerProcess(kafka_bootstrap, topic_prefix, tmp_path / f"{instance}.log", metrics_port=port,
-                              extra_args=("--instance-id", f"{topic_prefix}-{instance}"),
+                              extra_args=("--instance-id", f"{topic_prefix}-{instance}", "--decision-interval", "0.5"),
                               env={"SLUICE_TOPIC_PARTITIONS": "4"})
             workers.append(w)
             return w
@@ -215,3 +215,29 @@ def test_serves_lost_for_one_arm_under_a_thompson_bandit_raise_a_sample_ratio_al
     alert = wait_for("sample ratio alert", lambda: next((a for a in health_env.alerts() if a["guardrail"] == "srm"), None))
     assert (alert["kind"], alert["arm"], alert["action"]) == ("SRM", "b", "alert") and alert["value"] < 1.0
     assert worker.metric("sluice_srm_p_value", experiment="exp", entity="site-1") < 0.001
+
+
+def test_a_verdict_that_acts_retires_a_losing_arm_for_good(health_env, serde) -> None:
+    """decisions: act. Under Thompson sampling c clicks at 2 % against a and b at 10 %: with
+    ~1,000 serves an arm its P(best) is below 1e-6 (the STOP threshold is 0.01), so the
+    verdict retires it; a restarted worker keeps it out."""
+    spec = bandit_spec("exp", ["a", "b", "c"], health=OFF, decisions="act",
+                       criteria={"min_window_days": 0.01, "min_events_per_arm": 200})
+    health_env.apply(spec)
+    worker = health_env.start("w1")
+    requests(["site-1"], 3_000, seed=7, click={"a": 0.10, "b": 0.10, "c": 0.02},
+             start_ms=int(time.time() * 1000) - 2 * HOUR_MS).produce(health_env.bootstrap, health_env.prefix, serde)
+    decision = wait_for("a decision that retires c", lambda: next(
+        (d for d in (serde.decode(m.value, "Decision").record
+                     for m in read_to_end(health_env.bootstrap, [TopicNames(health_env.prefix).decisions]))
+         if d["changes"] and "retired c" in d["changes"]), None))
+    assert decision["entity"] == "site-1" and decision["verdict"] == "CONTINUE"
+    table = wait_for("c at 0", lambda: (t := health_env.table("site-1")) and weights(t)["c"] == 0 and t)
+    assert "c held at 0 (kill by decision)" in table["reason"]
+    worker.kill()
+    health_env.start("w1")
+    version = table["version"]
+    requests(["site-1"], 300, seed=8, start_ms=int(time.time() * 1000) - HOUR_MS).produce(
+        health_env.bootstrap, health_env.prefix, serde)
+    later = wait_for("a newer table", lambda: (t := health_env.table("site-1"))["version"] > version and t)
+    assert weights(later)["c"] == 0
