@@ -33,7 +33,6 @@ from sluice.core.sufficient import HOUR_MS, ArmCounters
 from streams.state import EntityState
 
 C = ArmCounters
-_BANDIT_REFERENCE_HOURS = 24  # a bandit arm's reward is compared with its own previous day
 # The Alert's `kind` (a closed Avro enum that old readers know) of each guardrail; the
 # `guardrail` field names it exactly.
 _KIND = {"error_rate": "ERROR_RATE", "latency": "LATENCY", "reward_drop": "REWARD_DROP", "srm": "SRM",
@@ -89,11 +88,13 @@ def evaluate(state: EntityState, spec: ExperimentSpec, entity: str, weights: dic
         return Evaluation([], {}, None)
     newest = state.max_event_ms // HOUR_MS
     window_first = max(state.hours.first_hour(state.max_event_ms, spec.window_ms), state.origin_hour)
-    lookback = window_first - _BANDIT_REFERENCE_HOURS
+    lookback = window_first
     counts = _hours(state, lookback, newest, k)
     breaches: list[Breach] = []
     e_values: dict[tuple[str, str], float] = {}
     live = [a for a in spec.arm_names if a in state.arms]
+    per_arm = max(1, len(live))  # a guardrail's α is for the entity: each arm tests at α / K
+
 
     def first_start(arm: str) -> int:
         reinstated = health.reinstated_at(arm, entity)
@@ -113,20 +114,21 @@ def evaluate(state: EntityState, spec: ExperimentSpec, entity: str, weights: dic
         if h.shape[0] == 0:
             continue
         if (rule := health.error_rate) is not None:
-            d = bernoulli_excess(h[:, C.OUTCOMES], h[:, C.ERRORS], rule.threshold, j, rule.alpha)
+            d = bernoulli_excess(h[:, C.OUTCOMES], h[:, C.ERRORS], rule.threshold, j, rule.alpha / per_arm)
             rate = h[:, C.ERRORS].sum() / max(1.0, h[:, C.OUTCOMES].sum())
             add("error_rate", arm, d, rate, rule.threshold, rule.action, True)
         if (lat := health.latency) is not None:
-            d = bernoulli_excess(h[:, C.LATENCY_N], h[:, C.SLOW], 1 - lat.quantile, j, lat.alpha)
+            d = bernoulli_excess(h[:, C.LATENCY_N], h[:, C.SLOW], 1 - lat.quantile, j, lat.alpha / per_arm)
             observed = float(ArmCounters(h.sum(axis=0)[:, None]).latency_quantile(lat.quantile)[0])
             add("latency", arm, d, observed if math.isfinite(observed) else 0.0, lat.threshold, lat.action, True)
         if (drop := health.reward_drop) is not None:
-            found = _reward_drop(state, spec, arm, counts, lookback, first_start(arm), j, drop.threshold, drop.alpha)
+            found = _reward_drop(state, spec, arm, counts, lookback, first_start(arm), j, drop.threshold,
+                                 drop.alpha / per_arm)
             if found is not None:
                 d, value = found
-                add("reward_drop", arm, d, value, drop.threshold, drop.action, value > drop.threshold)
+                add("reward_drop", arm, d, value, drop.threshold, drop.action, True)
         if (quiet := health.quiet) is not None:
-            found_quiet = _quiet(state, arm, counts, lookback, newest, quiet.threshold, quiet.alpha, live)
+            found_quiet = _quiet(state, arm, counts, lookback, newest, quiet.threshold, quiet.alpha / per_arm, live)
             if found_quiet is not None:
                 breaches.append(Breach("quiet", arm, found_quiet, quiet.threshold, math.inf, None, quiet.action))
 
@@ -152,8 +154,9 @@ def evaluate(state: EntityState, spec: ExperimentSpec, entity: str, weights: dic
 def _reward_drop(state: EntityState, spec: ExperimentSpec, arm: str, counts: NDArray[np.float64], lookback: int,
                  start: int, j: int, threshold: float, alpha: float) -> tuple[Detection, float] | None:
     """The reward-drop detector of one arm: against the control arm in the same hours (a
-    static split) or against the arm's own previous day (a bandit). Returns the detection
-    and the relative drop at its strongest start."""
+    static split) or against the arm's own earlier hours in the window (a bandit: for the
+    start at hour t, the hours before t). Returns the detection and the relative drop at the
+    start with the most data."""
     a = state.arms.index(arm)
     h = counts[start - lookback:]
     n, s, q = h[:, C.COUNT, a], h[:, C.TOTAL, a], h[:, C.TOTAL_SQ, a]
@@ -165,11 +168,10 @@ def _reward_drop(state: EntityState, spec: ExperimentSpec, arm: str, counts: NDA
         c = state.arms.index(spec.default_arm)
         nr, sr, qr = (suffix(h[:, f, c]) for f in (C.COUNT, C.TOTAL, C.TOTAL_SQ))
     else:
-        # For the start at hour t, the reference is the arm's hours [t − 24, t).
+        # For the start at hour t, the reference is the arm's hours of the window before t.
         full = counts[:, :, a]
         cum = np.vstack([np.zeros((1, full.shape[1])), np.cumsum(full, axis=0)])
-        idx = np.arange(start - lookback, counts.shape[0])
-        before = cum[idx] - cum[np.maximum(idx - _BANDIT_REFERENCE_HOURS, 0)]
+        before = cum[np.arange(start - lookback, counts.shape[0])]
         nr, sr, qr = before[:, C.COUNT], before[:, C.TOTAL], before[:, C.TOTAL_SQ]
     if na.size == 0:
         return None

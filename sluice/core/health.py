@@ -13,13 +13,13 @@ inequality it ever reaches 1/α with probability at most α.
 **E-detector.** A failure may start at any time, and evidence gathered while an arm was
 healthy should not slow its detection. So every hour is a start: the detector is
 
-    M = Σ_j π_j · E_{s_j}    with  π_j = 1 / ((j + 1)(j + 2)),  Σ_j π_j = 1,
+    M = Σ_j π_j · E_{s_j}    with  π_j = 1 / (24 (d + 1)(d + 2)) for hour j of day d,  Σ_j π_j = 1,
 
 where j counts hours from the (experiment, entity)'s origin and a start not reached yet
 counts as E = 1. M is itself a supermartingale starting at 1, so `M ≥ 1/α` happens with
 probability at most α over the experiment's whole life, however often it is looked at; a
-failure that starts at hour j is found once its own E reaches 1/(α·π_j), a cost of about
-2·log(j) nats. Starts older than the window are dropped (their terms only lower M, which
+failure that starts on day d is found once its own E reaches 1/(α·π_j), a cost of about
+log 24 + 2·log(d + 2) nats (6 on day 3, 9 on day 14). Starts older than the window are dropped (their terms only lower M, which
 keeps the bound). Events are counted in the hour of their *serve*, as the reward
 statistics are, so late events merely join the hours they belong to.
 
@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import logsumexp
+from scipy.stats import norm
 
 from sluice.core.errors import CoreInputError
 
@@ -59,7 +60,8 @@ class HealthInputError(CoreInputError):
 class _Rule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    alpha: float = Field(0.01, gt=0, lt=1, description="false-alarm probability over the experiment's whole life")
+    alpha: float = Field(0.01, gt=0, lt=1, description="false-alarm probability for an entity (any of its arms) "
+                                                        "over the experiment's whole life")
     action: Action = Field("alert", description="alert; rollback = the arm's weight to 0 for that entity; "
                                                 "pause = the entity serves the default arm")
 
@@ -153,11 +155,12 @@ class Detection:
 
 
 def start_log_weights(first_start: int, count: int) -> NDArray[np.float64]:
-    """log π_j for starts j = first_start, …, first_start + count − 1 (hours from the origin)."""
+    """log π_j for starts j = first_start, …, first_start + count − 1 (hours from the origin):
+    the 24 hours of day d share 1 / ((d + 1)(d + 2))."""
     if first_start < 0:
         raise HealthInputError(f"start hours count from the origin, but {first_start} is given")
-    j = np.arange(first_start, first_start + count, dtype=np.float64)
-    return -np.log(j + 1.0) - np.log(j + 2.0)
+    d = np.arange(first_start, first_start + count, dtype=np.int64) // 24
+    return -np.log(d + 1.0) - np.log(d + 2.0) - np.log(24.0)
 
 
 def e_detector(log_e_by_start: ArrayLike, first_start: int, alpha: float) -> Detection:
@@ -169,7 +172,9 @@ def e_detector(log_e_by_start: ArrayLike, first_start: int, alpha: float) -> Det
     if log_e.ndim != 1:
         raise HealthInputError(f"log e-values must be 1-D, got shape {log_e.shape}")
     newest = first_start + log_e.size - 1
-    not_started = -np.log(newest + 2.0)  # Σ_{j > newest} π_j = 1 / (newest + 2)
+    # Σ_{j > newest} π_j: the rest of the newest day, then every later day (Σ_{d > D} = 1/(D + 2)).
+    day, rest = divmod(newest, 24)
+    not_started = np.log((23 - rest) / (24 * (day + 1) * (day + 2)) + 1.0 / (day + 2))
     terms = np.concatenate([start_log_weights(first_start, log_e.size) + log_e, [not_started]])
     return Detection(float(logsumexp(terms)), alpha)
 
@@ -207,18 +212,19 @@ def bernoulli_excess(trials: ArrayLike, events: ArrayLike, threshold: float, fir
 
 def mean_drop(n_arm: ArrayLike, sum_arm: ArrayLike, sumsq_arm: ArrayLike, n_ref: ArrayLike, sum_ref: ArrayLike,
               sumsq_ref: ArrayLike, drop: float, first_start: int, alpha: float, *,
-              min_observations: int = 100) -> Detection:
+              min_observations: int = 200) -> Detection:
     """Has the arm's mean fallen more than `drop` (relative) below the reference's?
 
     Per start s the arm's observations in hours ≥ s are compared with the reference's
     (a control arm in the same hours, or the arm's own earlier hours: the caller chooses and
     passes them per start, shape (H,) each). The statistic is θ̂ = m_arm − (1 − drop)·m_ref
-    with variance V = v_arm/n_arm + (1 − drop)²·v_ref/n_ref, and E_s is the mSPRT normal
-    mixture likelihood ratio of θ̂ against θ = 0 (mixture sd τ = drop·|m_ref|, the size of
-    drop worth finding; Johari, Pekelis & Walsh 2017), averaged over τ, 3τ and 10τ so that a
-    large drop is found as fast as a small one. It is symmetric, so the caller alarms only
-    when the arm is the worse one. A start with fewer than `min_observations` on either side
-    counts as 1.
+    with variance V = v_arm/n_arm + (1 − drop)²·v_ref/n_ref; "healthy" is θ ≥ 0. E_s is the
+    mixture likelihood ratio of θ̂ over *negative* θ (a half-normal mixture, sd τ) against
+    θ = 0, in closed form 2·Λ·Φ(−θ̂τ/√(V(V + τ²))) where Λ is the two-sided mSPRT ratio
+    (Johari, Pekelis & Walsh 2017), averaged over τ = 1, 3 and 10 times the drop worth
+    finding (drop·|m_ref|) so that a large drop is found as fast as a small one. A better
+    arm gives no evidence. The normal model is an approximation: a start with fewer than
+    `min_observations` on either side counts as 1.
     """
     arrays = [_counts(x, name) for x, name in ((n_arm, "n_arm"), (n_ref, "n_ref"))]
     na, nr = arrays
@@ -231,11 +237,11 @@ def mean_drop(n_arm: ArrayLike, sum_arm: ArrayLike, sumsq_arm: ArrayLike, n_ref:
         ma, mr = sa[ok] / na[ok], sr[ok] / nr[ok]
         va = np.maximum(qa[ok] / na[ok] - ma * ma, 1e-12) * na[ok] / np.maximum(na[ok] - 1, 1)
         vr = np.maximum(qr[ok] / nr[ok] - mr * mr, 1e-12) * nr[ok] / np.maximum(nr[ok] - 1, 1)
-        theta = ma - (1 - drop) * mr
-        var = va / na[ok] + (1 - drop) ** 2 * vr / nr[ok]
+        theta = (ma - (1 - drop) * mr)[:, None]
+        v = (va / na[ok] + (1 - drop) ** 2 * vr / nr[ok])[:, None]
         tau2 = np.maximum((drop * np.abs(mr)) ** 2, 1e-12)[:, None] * _TAU_SCALES[None, :] ** 2  # (H, 3)
-        v = var[:, None]
-        log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * (theta * theta)[:, None] / (2 * v * (v + tau2))
+        log_two_sided = 0.5 * np.log(v / (v + tau2)) + tau2 * theta * theta / (2 * v * (v + tau2))
+        log_lr = np.log(2.0) + log_two_sided + norm.logcdf(-theta * np.sqrt(tau2) / np.sqrt(v * (v + tau2)))
         log_e[ok] = logsumexp(log_lr, axis=1) - np.log(_TAU_SCALES.size)
     return e_detector(log_e, first_start, alpha)
 

@@ -20,7 +20,7 @@ from sluice.core.health import (
 
 
 def test_start_weights_sum_to_one_and_nothing_started_gives_one() -> None:
-    assert np.exp(start_log_weights(0, 100_000)).sum() == pytest.approx(1.0, abs=2e-5)
+    assert np.exp(start_log_weights(0, 24 * 100_000)).sum() == pytest.approx(1.0, abs=2e-5)
     assert e_detector([0.0] * 50, 0, 0.05).log_e == pytest.approx(0.0, abs=1e-12)  # every E = 1: M = 1
     assert e_detector([0.0] * 10, 30, 0.05).log_e < 0  # starts before the window were dropped
 
