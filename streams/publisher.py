@@ -26,6 +26,7 @@ from sluice.core.guardrails import apply_guardrails
 from sluice.core.policies import PolicyContext, policy_probabilities
 from sluice.core.spec import ExperimentSpec
 from sluice.core.sufficient import DAY_MS, ArmCounters, ArmStatistics, window_hours
+from streams import health
 from streams.state import EntityState, entity_of
 
 SERVES, COUNT, SUM, SUM_SQ = ArmCounters.SERVES, ArmCounters.COUNT, ArmCounters.TOTAL, ArmCounters.TOTAL_SQ
@@ -155,6 +156,33 @@ def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, no
         "changes": None,
         "timestamp": now_ms,
     }
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one publication round of an (experiment, entity) produced."""
+
+    publication: Publication
+    alerts: list[dict[str, Any]]
+    decision: dict[str, Any] | None
+    evaluation: health.Evaluation
+
+
+def publication_round(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int, *,
+                      decision: dict[str, Any] | None = None, prior: Any = None) -> Round:
+    """One (experiment, entity)'s round, as the worker runs it every publish interval: lift
+    what was reinstated; act on `decision` (when given, and the spec says act); test its
+    health and act; then the new weight table, marked published in `state`."""
+    entity = entity_of(routing)
+    alerts = health.lift(state, spec, entity, now_ms)
+    if decision is not None and spec.decisions == "act":
+        decision["changes"] = act_on_decision(state, spec, decision, now_ms)
+    evaluation = health.evaluate(state, spec, entity, current_weights(state))
+    alerts += health.act(state, spec, entity, evaluation, now_ms)
+    fixed, notes = health.pins(state, spec)
+    publication = next_weight_table(state, spec, routing, now_ms, fixed=fixed, notes=notes, prior=prior)
+    mark_published(state, publication)
+    return Round(publication, alerts, decision, evaluation)
 
 
 def act_on_decision(state: EntityState, spec: ExperimentSpec, decision: dict[str, Any], now_ms: int) -> str:

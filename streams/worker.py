@@ -51,16 +51,8 @@ from sluice.kafka.transactions import (
 )
 from sluice.metrics import StreamMetrics
 from streams.processor import REWARDS_TOPIC, SERVES_TOPIC, BatchResult, InputEvent, Processor
-from streams import health
 from streams.peers import PeerStatistics
-from streams.publisher import (
-    Publication,
-    act_on_decision,
-    current_weights,
-    decision_record,
-    mark_published,
-    next_weight_table,
-)
+from streams.publisher import Publication, decision_record, publication_round
 from streams.state import RS, EntityState, allocation_key, entity_of, experiment_of, header_key
 from streams.store import LocalStore
 
@@ -304,27 +296,18 @@ class Worker:
             out.result.routing_partition[routing] = self.partition_of(routing)
 
     def _publish_one(self, routing: bytes, state: EntityState, spec: ExperimentSpec, now_ms: int, out: _Outbox) -> None:
-        """One (experiment, entity)'s round: lift what was reinstated, judge (and act on the
-        verdict if the spec says so), test its health and act, then its new weight table."""
         entity = entity_of(routing)
-        alerts = health.lift(state, spec, entity, now_ms)
-        decision = self._judge(routing, state, spec, now_ms)
-        if decision is not None:
-            if spec.decisions == "act":
-                decision["changes"] = act_on_decision(state, spec, decision, now_ms)
-            out.decisions.append((spec.id.encode(), decision))
-        evaluation = health.evaluate(state, spec, entity, current_weights(state))
-        alerts += health.act(state, spec, entity, evaluation, now_ms)
-        fixed, notes = health.pins(state, spec)
-        publication = next_weight_table(state, spec, routing, now_ms, fixed=fixed, notes=notes,
-                                        prior=self.peers.pooled_prior(spec, entity))
-        mark_published(state, publication)
-        out.tables.append((routing, state, publication))
-        out.alerts += [(spec.id.encode(), a) for a in alerts]
-        for (guardrail, arm), e_value in evaluation.e_values.items():
+        judged = self._judge(routing, state, spec, now_ms)
+        done = publication_round(state, spec, routing, now_ms, decision=judged,
+                                 prior=self.peers.pooled_prior(spec, entity))
+        out.tables.append((routing, state, done.publication))
+        out.alerts += [(spec.id.encode(), a) for a in done.alerts]
+        if done.decision is not None:
+            out.decisions.append((spec.id.encode(), done.decision))
+        for (guardrail, arm), e_value in done.evaluation.e_values.items():
             self.metrics.health_e_value.labels(spec.id, entity, arm, guardrail).set(min(e_value, 1e300))
-        if evaluation.srm_p_value is not None:
-            self.metrics.srm_p_value.labels(spec.id, entity).set(evaluation.srm_p_value)
+        if done.evaluation.srm_p_value is not None:
+            self.metrics.srm_p_value.labels(spec.id, entity).set(done.evaluation.srm_p_value)
 
     def _judge(self, routing: bytes, state: EntityState, spec: ExperimentSpec, now_ms: int) -> dict[str, Any] | None:
         """Every `decision_interval_s` at most: the Decision of this (experiment, entity),
