@@ -173,7 +173,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         if not _caught_up(bootstrap, f"{names.prefix}-clickhouse-sink", [names.serves, names.rewards], 120):
             raise RuntimeError(f"the sink did not catch up within 120 s; see {sink.log_path}")
         sink.stop()
-        summary = _summary(bootstrap, names, home, tally, scenario, specs, serde)
+        summary = _summary(bootstrap, names, home, tally, scenario, specs, serde, start_ms)
         _print_summary(console, summary)
         if options.summary_json is not None:
             options.summary_json.write_text(json.dumps(summary, indent=2))
@@ -241,7 +241,7 @@ def _caught_up(bootstrap: str, group: str, topics: list[str], timeout_s: float) 
 
 
 def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenario: Scenario, specs: dict[str, Any],
-             serde: Any) -> dict[str, Any]:
+             serde: Any, start_ms: int) -> dict[str, Any]:
     from sluice.clickhouse import connect
 
     client = connect(path=home / "clickhouse")
@@ -256,13 +256,26 @@ def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenar
     for m in read_to_end(bootstrap, [names.dlq]):
         h = read_headers(m.headers)
         letters[f"{h.get('sluice.rejected.by', '?')}: {h.get('sluice.reason', '?').split(':')[0]}"] += 1
-    tables = {}
+    tables, ends = {}, {}
     for m in read_to_end(bootstrap, [names.weights]):
         rec = serde.decode(m.value, "WeightTable").record
         tables[(rec["experiment_id"], rec["entity"])] = rec
+        ends[(rec["experiment_id"], rec["entity"], rec["version"])] = rec["window_end"]
+    verdicts = {}
+    for m in read_to_end(bootstrap, [names.decisions]):
+        d = serde.decode(m.value, "Decision").record
+        verdicts[f"{d['experiment_id']}/{d['entity']}"] = {k: d[k] for k in ("verdict", "rule", "winner", "reason", "changes")}
+    alerts = []
+    for m in read_to_end(bootstrap, [names.alerts]):
+        a = serde.decode(m.value, "Alert").record
+        # The simulated time of an alert: the newest event time of the table it came with.
+        end = ends.get((a["experiment_id"], a["entity"] or "", (a["weights_version"] or 0) + 1))
+        alerts.append({"day": None if end is None else round((end - start_ms) / DAY_MS, 2),
+                       **{k: a[k] for k in ("experiment_id", "entity", "arm", "guardrail", "action", "value",
+                                            "threshold", "message")}})
     produced = {
         "serves": sum(tally.serves.values()) + tally.malformed["unknown_arm"],
-        "rewards": sum(tally.rewards.values()) + tally.malformed["invalid_value"],
+        "rewards": sum(tally.rewards.values()) + sum(tally.outcomes.values()) + tally.malformed["invalid_value"],
     }
     return {
         "chosen": describe(tally, scenario, specs),
@@ -272,6 +285,9 @@ def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenar
         "clickhouse": counts,
         "dead_letters": dict(letters),
         "malformed_sent": dict(tally.malformed),
+        "verdicts": verdicts,
+        "alerts": alerts,
+        "rollbacks": [a for a in alerts if a["action"] in ("rollback", "pause")],
     }
 
 
@@ -298,6 +314,19 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         ok = s["produced"][table] == c["rows"] == c["distinct_event_ids"]
         e.add_row(table, f"{s['produced'][table]:,}", f"{c['rows']:,}", f"{c['distinct_event_ids']:,}", "yes" if ok else "NO")
     console.print(e)
+    v = Table(title="verdict per entity (the decision engine's latest)")
+    for col in ("experiment / entity", "verdict", "rule", "winner"):
+        v.add_column(col)
+    for key, row in sorted(s["verdicts"].items()):
+        v.add_row(key, row["verdict"], row["rule"], row["winner"] or "")
+    console.print(v)
+    h = Table(title="health alerts (simulated day, what fired, what was done)")
+    for col in ("day", "experiment / entity", "arm", "guardrail", "action", "observed", "threshold"):
+        h.add_column(col)
+    for a in s["alerts"]:
+        h.add_row("" if a["day"] is None else f"{a['day']:.1f}", f"{a['experiment_id']}/{a['entity']}", a["arm"] or "",
+                  a["guardrail"] or "", a["action"] or "", f"{a['value']:.4g}", f"{a['threshold']:.4g}")
+    console.print(h)
     d = Table(title="dead letters by who rejected them and why")
     d.add_column("rejected by: reason")
     d.add_column("count", justify="right")

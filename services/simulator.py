@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
+from sluice.core.health import REQUEST_OUTCOME
 from sluice.core.spec import ExperimentSpec
 from sluice.kafka.clients import entity_key
 from sluice.kafka.io import AvroProducer
@@ -41,6 +42,33 @@ class ScenarioError(ValueError):
 
 
 @dataclass(frozen=True)
+class Behaviour:
+    """How an arm's served requests go: reward rate, failure rate, latency quantiles (ms)."""
+
+    rate: float
+    error_rate: float = 0.002
+    latency_ms_p50: float = 40.0
+    latency_ms_p95: float = 70.0
+
+    @property
+    def latency_sigma(self) -> float:
+        """The log-normal spread that puts p95 where it is given."""
+        return float(np.log(self.latency_ms_p95 / self.latency_ms_p50) / 1.6448536)
+
+
+_BEHAVIOUR_FIELDS = {"rate", "error_rate", "latency_ms_p50", "latency_ms_p95"}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """From simulated day `at_day` on, these arms behave otherwise (experiment → entity →
+    arm → any of rate, error_rate, latency_ms_p50, latency_ms_p95)."""
+
+    at_day: float
+    arms: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]
+
+
+@dataclass(frozen=True)
 class Scenario:
     """True reward rates per experiment → entity → arm, before and after `change_at`
     (a fraction of the simulated span), and the traffic to simulate."""
@@ -52,6 +80,19 @@ class Scenario:
     serves_per_entity_hour: int = 60
     step_hours: float = 1.0
     malformed_every_steps: int = 24  # one malformed event of each kind this often; 0 = none
+    phases: tuple[Phase, ...] = ()
+
+    def __post_init__(self) -> None:
+        parsed = []
+        for i, phase in enumerate(self.phases):
+            if isinstance(phase, Phase):
+                parsed.append(phase)
+                continue
+            if not isinstance(phase, Mapping) or set(phase) != {"at_day", "arms"}:
+                raise ScenarioError(f"phases[{i}]: a phase is {{at_day: DAY, arms: {{experiment: {{entity: {{arm: "
+                                    f"{{rate, error_rate, latency_ms_p50, latency_ms_p95}}}}}}}}}}, got {phase!r}")
+            parsed.append(Phase(float(phase["at_day"]), phase["arms"]))
+        object.__setattr__(self, "phases", tuple(sorted(parsed, key=lambda ph: ph.at_day)))
 
     @classmethod
     def load(cls, path: str | Path, specs: Mapping[str, ExperimentSpec]) -> Scenario:
@@ -81,6 +122,31 @@ class Scenario:
                         raise ScenarioError(f"{where}.{exp}.{entity}: rates must be in [0, 1], got {bad}")
         if not 0 <= self.change_at <= 1:
             raise ScenarioError(f"change_at must be a fraction in [0, 1], got {self.change_at}")
+        for i, phase in enumerate(self.phases):
+            for exp, entities in phase.arms.items():
+                if exp not in specs:
+                    raise ScenarioError(f"phases[{i}].arms.{exp}: no such experiment (specs: {sorted(specs)})")
+                for entity, arms in entities.items():
+                    for arm, given in arms.items():
+                        where = f"phases[{i}].arms.{exp}.{entity}.{arm}"
+                        if arm not in specs[exp].arm_names:
+                            raise ScenarioError(f"{where}: no such arm (arms: {list(specs[exp].arm_names)})")
+                        unknown = sorted(set(given) - _BEHAVIOUR_FIELDS)
+                        if unknown:
+                            raise ScenarioError(f"{where}: unknown field(s) {unknown}; use {sorted(_BEHAVIOUR_FIELDS)}")
+                        for name in ("rate", "error_rate"):
+                            if name in given and not 0 <= given[name] <= 1:
+                                raise ScenarioError(f"{where}.{name}: must be in [0, 1], got {given[name]}")
+
+    def behaviour(self, exp: str, entity: str, arm: str, fraction: float) -> Behaviour:
+        """How `arm` behaves at `fraction` of the simulated span: its rate (rates, then
+        rates_after from change_at), then every phase already begun."""
+        fields_: dict[str, float] = {"rate": self.rate(exp, entity, arm, fraction)}
+        day = fraction * self.days
+        for phase in self.phases:
+            if day >= phase.at_day:
+                fields_.update(phase.arms.get(exp, {}).get(entity, {}).get(arm, {}))
+        return Behaviour(**fields_)
 
     def rate(self, exp: str, entity: str, arm: str, fraction: float) -> float:
         after = self.rates_after.get(exp, {}).get(entity)
@@ -88,8 +154,14 @@ class Scenario:
         return table[arm]
 
     def best(self, exp: str, entity: str, fraction: float) -> str:
+        """The arm with the most rewards per serve (a failed request earns none)."""
         arms = self.rates[exp][entity]
-        return max(arms, key=lambda a: self.rate(exp, entity, a, fraction))
+
+        def value(a: str) -> float:
+            b = self.behaviour(exp, entity, a, fraction)
+            return b.rate * (1 - b.error_rate)
+
+        return max(arms, key=value)
 
 
 @dataclass(frozen=True)
@@ -113,6 +185,7 @@ class Tally:
 
     serves: Counter[str] = field(default_factory=Counter)  # by experiment
     rewards: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)  # reports of latency and errors, by experiment
     malformed: Counter[str] = field(default_factory=Counter)  # by the reason the worker should give
     regret: Counter[str] = field(default_factory=Counter)  # expected, by experiment
     regret_equal_split: Counter[str] = field(default_factory=Counter)
@@ -158,22 +231,34 @@ class Simulator:
         times = np.sort(t0 + self.rng.integers(0, step_ms, n))
         served = self.assignments.assign(exp, entity, units, times.tolist())
         arms = self.specs[exp].arm_names
-        rates = {a: sc.rate(exp, entity, a, fraction) for a in arms}
-        best = max(rates.values())
-        equal_split = best - float(np.mean(list(rates.values())))
+        behaviour = {a: sc.behaviour(exp, entity, a, fraction) for a in arms}
+        value = {a: b.rate * (1 - b.error_rate) for a, b in behaviour.items()}
+        best = max(value.values())
+        equal_split = best - float(np.mean(list(value.values())))
         key = entity_key(exp, entity)
+        reward_name = self.specs[exp].reward.name
         for s, ts in zip(served, times):
+            b = behaviour[s.arm]
             tally.serves[exp] += 1
-            tally.regret[exp] += best - rates[s.arm]
+            tally.regret[exp] += best - value[s.arm]
             tally.regret_equal_split[exp] += equal_split
             if last:
                 tally.last_arm_counts.setdefault((exp, entity), Counter())[s.arm] += 1
-            if self.rng.random() < rates[s.arm]:
+            # The service reports how the request went, as a real one would: latency, failure.
+            failed = bool(self.rng.random() < b.error_rate)
+            latency = float(b.latency_ms_p50 * np.exp(b.latency_sigma * self.rng.standard_normal()))
+            self.rewards.send(self.names.rewards, key, "RewardEvent", {
+                "event_id": str(uuid.uuid4()), "serve_id": s.serve_id, "experiment_id": exp, "entity": entity,
+                "name": REQUEST_OUTCOME, "value": 0.0, "timestamp": int(ts) + int(latency),
+                "latency_ms": latency, "error": failed,
+            })
+            tally.outcomes[exp] += 1
+            if not failed and self.rng.random() < b.rate:
                 delay = int(self.rng.integers(1_000, 30 * 60_000))  # a click within half an hour
                 self.rewards.send(self.names.rewards, key, "RewardEvent", {
                     "event_id": str(uuid.uuid4()), "serve_id": s.serve_id, "experiment_id": exp, "entity": entity,
-                    "name": self.specs[exp].reward.name, "value": 1.0, "timestamp": int(ts) + delay,
-                    "latency_ms": float(self.rng.gamma(4.0, 5.0)), "error": False,
+                    "name": reward_name, "value": 1.0, "timestamp": int(ts) + delay,
+                    "latency_ms": None, "error": None,
                 })
                 tally.rewards[exp] += 1
 

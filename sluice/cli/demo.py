@@ -34,10 +34,14 @@ def demo(wall_seconds: float, days: float | None, summary_json: Path | None, rat
               help="Scenario: true rates per experiment, entity and arm (see examples/demo/scenario.yaml).")
 @click.option("--wall-seconds", type=click.FloatRange(min=1), default=150.0, show_default=True)
 @click.option("--days", type=click.FloatRange(min=0.1), default=None)
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the summary as JSON here (with every alert and rollback and its simulated day).")
 @sluice_errors
-def simulate(specs: tuple[Path, ...], rates: Path, wall_seconds: float, days: float | None) -> None:
-    """Your own scenario through the whole platform: the demo with your specs and rates."""
+def simulate(specs: tuple[Path, ...], rates: Path, wall_seconds: float, days: float | None,
+             summary_json: Path | None) -> None:
+    """Your own scenario through the whole platform: the demo with your specs and rates
+    (phases in the scenario change arms' rates, errors and latency from a day on)."""
     from services import demo as demo_run
 
     sigterm_unwinds()
-    demo_run.run(settings(), demo_run.DemoOptions(list(specs), rates, wall_seconds, days))
+    demo_run.run(settings(), demo_run.DemoOptions(list(specs), rates, wall_seconds, days, summary_json))
