@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from sluice.avro import SingleObjectSerde
 from sluice.core.errors import CoreInputError
-from sluice.errors import SluiceError
 from sluice.core.spec import ExperimentSpec, spec_from_record
+from sluice.errors import SluiceError
 from sluice.kafka.dlq import dead_letter_headers
 from sluice.kafka.follower import CompactedTopicFollower
 from sluice.kafka.partitions import partition_for_key
@@ -50,8 +49,8 @@ from sluice.kafka.transactions import (
     read_partition,
 )
 from sluice.metrics import StreamMetrics
-from streams.processor import REWARDS_TOPIC, SERVES_TOPIC, BatchResult, InputEvent, Processor
 from streams.peers import PeerStatistics
+from streams.processor import REWARDS_TOPIC, SERVES_TOPIC, BatchResult, InputEvent, Processor
 from streams.publisher import Publication, decision_record, publication_round
 from streams.state import RS, EntityState, allocation_key, entity_of, experiment_of, header_key
 from streams.store import LocalStore
