@@ -33,6 +33,9 @@ from sluice.core.sufficient import HOUR_MS, ArmCounters
 from streams.state import EntityState
 
 C = ArmCounters
+# A bandit arm's reward is compared with its own previous day. Starts whose day has begun to
+# leave the window are dropped (a reference must not shrink under its e-process).
+_REFERENCE_HOURS = 24
 # The Alert's `kind` (a closed Avro enum that old readers know) of each guardrail; the
 # `guardrail` field names it exactly.
 _KIND = {"error_rate": "ERROR_RATE", "latency": "LATENCY", "reward_drop": "REWARD_DROP", "srm": "SRM",
@@ -154,9 +157,9 @@ def evaluate(state: EntityState, spec: ExperimentSpec, entity: str, weights: dic
 def _reward_drop(state: EntityState, spec: ExperimentSpec, arm: str, counts: NDArray[np.float64], lookback: int,
                  start: int, j: int, threshold: float, alpha: float) -> tuple[Detection, float] | None:
     """The reward-drop detector of one arm: against the control arm in the same hours (a
-    static split) or against the arm's own earlier hours in the window (a bandit: for the
-    start at hour t, the hours before t). Returns the detection and the relative drop at the
-    start with the most data."""
+    static split) or against the arm's own previous day (a bandit: for the start at hour t,
+    hours t − 24 … t − 1, counted only while all of them are in the window). Returns the
+    detection and the relative drop at the start with the most data."""
     a = state.arms.index(arm)
     h = counts[start - lookback:]
     n, s, q = h[:, C.COUNT, a], h[:, C.TOTAL, a], h[:, C.TOTAL_SQ, a]
@@ -168,10 +171,13 @@ def _reward_drop(state: EntityState, spec: ExperimentSpec, arm: str, counts: NDA
         c = state.arms.index(spec.default_arm)
         nr, sr, qr = (suffix(h[:, f, c]) for f in (C.COUNT, C.TOTAL, C.TOTAL_SQ))
     else:
-        # For the start at hour t, the reference is the arm's hours of the window before t.
+        # For the start at hour t (index i from the window's first hour), the reference is
+        # hours t − 24 … t − 1; a start whose reference reaches before the window counts as 1.
         full = counts[:, :, a]
         cum = np.vstack([np.zeros((1, full.shape[1])), np.cumsum(full, axis=0)])
-        before = cum[np.arange(start - lookback, counts.shape[0])]
+        idx = np.arange(start - lookback, counts.shape[0])
+        before = cum[idx] - cum[np.maximum(idx - _REFERENCE_HOURS, 0)]
+        before[idx < _REFERENCE_HOURS] = 0.0
         nr, sr, qr = before[:, C.COUNT], before[:, C.TOTAL], before[:, C.TOTAL_SQ]
     if na.size == 0:
         return None
