@@ -116,13 +116,17 @@ def evaluate(state: EntityState, spec: ExperimentSpec, entity: str, weights: dic
         j, h = hours_of(arm)
         if h.shape[0] == 0:
             continue
+        # Observed values are reported over the hours since the start with the most evidence:
+        # since the failure began, not diluted by the healthy days before it.
         if (rule := health.error_rate) is not None:
             d = bernoulli_excess(h[:, C.OUTCOMES], h[:, C.ERRORS], rule.threshold, j, rule.alpha / per_arm)
-            rate = h[:, C.ERRORS].sum() / max(1.0, h[:, C.OUTCOMES].sum())
+            since = h[max(d.strongest, 0):]
+            rate = since[:, C.ERRORS].sum() / max(1.0, since[:, C.OUTCOMES].sum())
             add("error_rate", arm, d, rate, rule.threshold, rule.action, True)
         if (lat := health.latency) is not None:
             d = bernoulli_excess(h[:, C.LATENCY_N], h[:, C.SLOW], 1 - lat.quantile, j, lat.alpha / per_arm)
-            observed = float(ArmCounters(h.sum(axis=0)[:, None]).latency_quantile(lat.quantile)[0])
+            since = h[max(d.strongest, 0):]
+            observed = float(ArmCounters(since.sum(axis=0)[:, None]).latency_quantile(lat.quantile)[0])
             add("latency", arm, d, observed if math.isfinite(observed) else 0.0, lat.threshold, lat.action, True)
         if (drop := health.reward_drop) is not None:
             found = _reward_drop(state, spec, arm, counts, lookback, first_start(arm), j, drop.threshold,
@@ -159,9 +163,16 @@ def _reward_drop(state: EntityState, spec: ExperimentSpec, arm: str, counts: NDA
     """The reward-drop detector of one arm: against the control arm in the same hours (a
     static split) or against the arm's own previous day (a bandit: for the start at hour t,
     hours t − 24 … t − 1, counted only while all of them are in the window). Returns the
-    detection and the relative drop at the start with the most data."""
+    detection and the relative drop at the start with the most evidence.
+
+    Against its own past, only hours whose attribution window has closed count: the newest
+    hours still wait for rewards and would look like a drop. Against control, both arms
+    wait alike."""
     a = state.arms.index(arm)
     h = counts[start - lookback:]
+    if spec.policy.name != "static":
+        h = h.copy()
+        h[max(0, h.shape[0] - math.ceil(spec.reward.attribution_window_hours)):] = 0.0
     n, s, q = h[:, C.COUNT, a], h[:, C.TOTAL, a], h[:, C.TOTAL_SQ, a]
     suffix = lambda x: np.cumsum(x[::-1])[::-1]  # noqa: E731 - per start: its hour and every later one
     na, sa, qa = suffix(n), suffix(s), suffix(q)
@@ -173,7 +184,8 @@ def _reward_drop(state: EntityState, spec: ExperimentSpec, arm: str, counts: NDA
     else:
         # For the start at hour t (index i from the window's first hour), the reference is
         # hours t − 24 … t − 1; a start whose reference reaches before the window counts as 1.
-        full = counts[:, :, a]
+        full = counts[:, :, a].copy()
+        full[max(0, full.shape[0] - math.ceil(spec.reward.attribution_window_hours)):] = 0.0
         cum = np.vstack([np.zeros((1, full.shape[1])), np.cumsum(full, axis=0)])
         idx = np.arange(start - lookback, counts.shape[0])
         before = cum[idx] - cum[np.maximum(idx - _REFERENCE_HOURS, 0)]
@@ -184,8 +196,8 @@ def _reward_drop(state: EntityState, spec: ExperimentSpec, arm: str, counts: NDA
     detection = mean_drop(na, sa, qa, nr, sr, qr, threshold, j, alpha)
     with np.errstate(invalid="ignore", divide="ignore"):
         drops = 1.0 - (sa / na) / (sr / nr)
-    ok = np.isfinite(drops) & (na > 0) & (nr > 0)
-    value = float(drops[ok][np.argmax(na[ok])]) if ok.any() else 0.0  # the start with the most data
+    at = detection.strongest
+    value = float(drops[at]) if 0 <= at < drops.size and np.isfinite(drops[at]) else 0.0
     return detection, value
 
 

@@ -129,9 +129,10 @@ def current_weights(state: EntityState) -> dict[str, float]:
 def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int) -> dict[str, Any] | None:
     """The Decision record for the window of `state` (`sluice.core.decisions.decide` with
     the spec's criteria, the default arm as control, the published weights in force), or
-    None while fewer than two live arms exist."""
-    arms = list(spec.arm_names)
-    if len(arms) < 2:
+    None while fewer than two live arms exist. Arms held at 0 (rolled back, retired) are
+    not judged: they get no data, and a verdict must not wait for them."""
+    arms = [a for a in spec.arm_names if a not in state.actions]
+    if len(arms) < 2 or spec.default_arm not in arms:
         return None
     totals = window_totals(state, spec.window_ms)
     live = [state.arms.index(a) for a in arms]

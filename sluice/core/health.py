@@ -140,6 +140,7 @@ class Detection:
 
     log_e: float
     alpha: float
+    strongest: int = -1  # index (among the starts passed) of the start with the most evidence
 
     @property
     def breached(self) -> bool:
@@ -175,8 +176,9 @@ def e_detector(log_e_by_start: ArrayLike, first_start: int, alpha: float) -> Det
     # Σ_{j > newest} π_j: the rest of the newest day, then every later day (Σ_{d > D} = 1/(D + 2)).
     day, rest = divmod(newest, 24)
     not_started = np.log((23 - rest) / (24 * (day + 1) * (day + 2)) + 1.0 / (day + 2))
-    terms = np.concatenate([start_log_weights(first_start, log_e.size) + log_e, [not_started]])
-    return Detection(float(logsumexp(terms)), alpha)
+    weighted = start_log_weights(first_start, log_e.size) + log_e
+    terms = np.concatenate([weighted, [not_started]])
+    return Detection(float(logsumexp(terms)), alpha, int(np.argmax(log_e)) if log_e.size else -1)
 
 
 def _suffix_sums(values: NDArray[np.float64]) -> NDArray[np.float64]:
