@@ -886,3 +886,90 @@ def current_policy_action_dist(
     stats = ArmStatistics.from_rewards(a, r, len(arms))
     probs = policy_probabilities(policy, params, stats, PolicyContext(tuple(arms), reward_type, prior))
     return _every_round(np.repeat(probs[:, None], len_list, axis=1), n_rounds)
+
+
+# ---------------------------------------------------------------------------------------
+# Replaying a learning policy through a log
+
+
+@dataclass(frozen=True)
+class ReplayTrace:
+    """A policy replayed through a log with its own posterior (`replay_policy`).
+
+    accepted: (n_rounds,) whether round i counted for the policy; reward: (n_rounds,) its
+    reward where accepted (0 elsewhere); probability: (n_rounds,) the policy's probability
+    of the logged action when it met round i. `mean_reward` is over accepted rounds,
+    `running_mean` (n_accepted,) after each of them."""
+
+    accepted: NDArray[np.bool_]
+    reward: FloatArray
+    probability: FloatArray
+
+    @property
+    def n_accepted(self) -> int:
+        return int(self.accepted.sum())
+
+    @property
+    def mean_reward(self) -> float:
+        return float(self.reward[self.accepted].mean()) if self.accepted.any() else math.nan
+
+    @property
+    def running_mean(self) -> FloatArray:
+        r = self.reward[self.accepted]
+        return np.cumsum(r) / np.arange(1, r.size + 1)
+
+
+def replay_policy(
+    policy: str,
+    params: Mapping[str, Any],
+    arms: Sequence[str],
+    action: ArrayLike,
+    reward: ArrayLike,
+    pscore: ArrayLike,
+    *,
+    rng: int | np.random.Generator = 0,
+    batch_size: int = 1,
+    reward_type: RewardType = "binary",
+    prior: BetaPrior | tuple[BetaPrior, ...] | NormalInverseGammaPrior | None = None,
+) -> ReplayTrace:
+    """Run a Sluice policy through a log in time order, learning only from what it would
+    have seen: rejection-sampling replay (Li et al. 2011, with propensities as in Dudík,
+    Erhan, Langford & Li 2012).
+
+    At round i the policy, from the statistics of the rounds it accepted so far, gives the
+    logged action a_i probability π_i; the round is accepted with probability
+    π_i · c / pscore_i, where c = min(pscore) makes that a probability. Accepted rounds
+    are a sample of the interaction the policy would have had (each arm drawn with π_i), so
+    its reward on them estimates its online reward, and only they update its posterior.
+    The policy's statistics are refreshed every `batch_size` accepted rounds (a policy
+    re-published now and then). `rng`: the seed of the acceptances, the only randomness.
+    `action` (n,) indexes `arms`; `reward`, `pscore` (n,), in time order."""
+    a, r = _policy_setup(arms, action, reward, 1, reward_type)
+    p = _float_vector("pscore", pscore, a.size)
+    if not np.all((p > 0) & (p <= 1)):
+        raise OPEInputError("pscore must be probabilities in (0, 1]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise OPEInputError(f"batch_size must be an integer of at least 1, but {batch_size!r} is given")
+    generator = _as_generator(rng)
+    k = len(arms)
+    ctx = PolicyContext(tuple(arms), reward_type, prior)
+    counts, sums, squares = np.zeros(k), np.zeros(k), np.zeros(k)
+    c = float(p.min())
+    draws = generator.random(a.size)
+    accepted = np.zeros(a.size, dtype=bool)
+    probability = np.zeros(a.size)
+    probs = policy_probabilities(policy, params, ArmStatistics(counts.copy(), sums.copy(), squares.copy()), ctx)
+    since = 0
+    for i in range(a.size):
+        probability[i] = probs[a[i]]
+        if draws[i] < probs[a[i]] * c / p[i]:
+            accepted[i] = True
+            counts[a[i]] += 1
+            sums[a[i]] += r[i]
+            squares[a[i]] += r[i] * r[i]
+            since += 1
+            if since == batch_size:
+                since = 0
+                probs = policy_probabilities(policy, params, ArmStatistics(counts.copy(), sums.copy(), squares.copy()),
+                                             ctx)
+    return ReplayTrace(accepted, np.where(accepted, r, 0.0), probability)

@@ -292,3 +292,25 @@ def test_the_reward_model_is_cross_fitted_and_recovers_a_linear_truth() -> None:
     # Without context: per-(action, slot) means of the other folds, shrunk to the overall mean.
     plain = ope.BanditLog.of(action, reward, log.pscore, 3, position)
     assert ope.fit_reward_model(plain, rng=0)[0].std() > 0
+
+
+def test_a_learning_policy_replayed_through_a_log_earns_what_it_would_online() -> None:
+    """A uniform log of three arms at 2, 5 and 10 %: replayed, the static equal split earns
+    the mean of the rates and Thompson sampling, learning from the rounds it accepts, nearly
+    the best arm's rate. With ~6,500 accepted rounds the standard error is about 0.003, so
+    the bounds below hold beyond 4 standard errors (seeded, so the verdict is fixed)."""
+    from sluice.core.ope import replay_policy
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    action = rng.integers(0, 3, n)
+    reward = (rng.random(n) < np.array([0.02, 0.05, 0.10])[action]).astype(float)
+    pscore = np.full(n, 1 / 3)
+    static = replay_policy("static", {}, ["a", "b", "c"], action, reward, pscore, batch_size=50)
+    thompson = replay_policy("thompson", {}, ["a", "b", "c"], action, reward, pscore, batch_size=50)
+    assert abs(static.mean_reward - 0.0567) < 0.012
+    assert thompson.mean_reward > 0.085
+    assert 5_000 < thompson.n_accepted < 8_000  # about a third of the rounds: c = 1/3, Σ π = 1
+    assert thompson.running_mean.size == thompson.n_accepted
+    with pytest.raises(ope.OPEInputError, match="pscore"):
+        replay_policy("static", {}, ["a", "b", "c"], action, reward, np.zeros(n))
