@@ -210,6 +210,9 @@ class Processor:
         spec = self._specs(exp_id)
         if spec is None:
             raise _Rejected("unknown_experiment", f"experiment {exp_id!r} has no spec on the experiments topic")
+        if spec.entities is not None and entity not in spec.entities:
+            raise _Rejected("unknown_entity", f"entity {entity!r} is not one of experiment {exp_id!r}'s entities "
+                            f"{list(spec.entities)}")
         if record["timestamp"] > now_ms + self.max_future_ms:
             raise _Rejected("future_timestamp", f"timestamp {record['timestamp']} is more than "
                             f"{self.max_future_ms} ms ahead of the clock ({now_ms})")

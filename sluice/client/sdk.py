@@ -252,6 +252,9 @@ class SluiceClient:
         if entity:
             if not isinstance(entity, str):
                 raise AssignmentRequestError(f"entity must be a string, but {entity!r} is given")
+            if spec.entities is not None and entity not in spec.entities:
+                raise AssignmentRequestError(f"entity {entity!r} is not one of experiment {experiment!r}'s entities "
+                                             f"{list(spec.entities)}")
         elif spec.entity is not None:
             raise AssignmentRequestError(f"experiment {experiment!r} runs per {spec.entity}: give the entity")
         else:
@@ -281,17 +284,35 @@ class SluiceClient:
 
     def get(self, parameter: str, unit_id: str, entity: str | None = None, context: dict[str, str] | None = None,
             *, experiment: str | None = None, timestamp_ms: int | None = None) -> ParameterValue:
-        """The value of `parameter` for `unit_id`, from whichever running experiment sets it."""
-        owners = [e for e in self._params.get(parameter, []) if self.specs[e].status == "running"]
+        """The value of `parameter` for `unit_id`, from whichever experiment sets it, so an
+        application never needs to know the kind of test or its state: a paused, stopped or
+        draft experiment answers its default arm's value (source "default"), as for a unit
+        outside its traffic. Running experiments that set the same parameter must not share
+        units (disjoint layers): the one whose slice holds the unit answers."""
+        owners = self._params.get(parameter, [])
         if experiment is not None:
-            owners = [experiment] if experiment in self._params.get(parameter, []) else []
+            owners = [experiment] if experiment in owners else []
         if not owners:
-            raise UnknownNameError(f"no running experiment sets parameter {parameter!r}")
-        if len(owners) > 1:
-            raise AssignmentRequestError(f"parameter {parameter!r} is set by several experiments {owners}; "
-                                         f"name one with experiment=")
-        served = self.assign(owners[0], unit_id, entity, context, timestamp_ms=timestamp_ms)
+            raise UnknownNameError(f"no experiment sets parameter {parameter!r}")
+        running = [e for e in owners if self.specs[e].status == "running"]
+        chosen = running[0] if running else owners[0]
+        if len(running) > 1:
+            holding = [e for e in running if self._holds(e, unit_id, entity)]
+            if len(holding) > 1:
+                raise AssignmentRequestError(f"parameter {parameter!r} is set by experiments {holding} that share unit "
+                                             f"{unit_id!r}: give them disjoint layers, or name one with experiment=")
+            chosen = holding[0] if holding else running[0]
+        served = self.assign(chosen, unit_id, entity, context, timestamp_ms=timestamp_ms)
         return ParameterValue(parameter, served.values[parameter], served)
+
+    def _holds(self, experiment: str, unit_id: str, entity: str | None) -> bool:
+        """Whether the unit falls in the experiment's traffic and layer slice."""
+        spec = self.specs[experiment]
+        key = entity_key(experiment, entity or "")
+        entry, table = self._entries.get(key), self.tables.get(key)
+        if entry is None or entry.spec is not spec or entry.table is not table:
+            entry = self._entries[key] = self._build(spec, table)
+        return entry.assigner.locate(unit_id)[1]
 
     def log_exposure(self, served: Served, context: dict[str, str] | None = None) -> None:
         """Log the ServeEvent of an assignment made with `log=False`."""

@@ -363,3 +363,14 @@ def test_a_decision_is_made_from_the_window_and_names_its_rule(serde, make) -> N
     worker.process(to_inputs(young, serde, 100_000))
     early = decision_record(worker.processor.states[b"e1\x1fy"], spec, b"e1\x1fy", NOW)
     assert early["verdict"] == "CONTINUE" and early["rule"] == "minimum_data"
+
+
+def test_an_entity_outside_the_specs_list_is_a_dead_letter(serde, make) -> None:
+    spec = bandit_spec("e1", ["a", "b"], entities=["x"])
+    traffic = Traffic()
+    traffic.serve("e1", "x", "a", NOW - 5)
+    traffic.serve("e1", "y", "a", NOW - 5)
+    worker = make({"e1": spec})
+    result = worker.process(to_inputs(traffic, serde))
+    assert [(d.reason, d.event.key) for d in result.dead_letters] == [("unknown_entity", b"e1\x1fy")]
+    assert worker.statistics() == {("e1", "x"): {"a": (1, 1, 0.0, 0.0)}}
