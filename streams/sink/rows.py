@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sluice.core.spec import spec_from_record
+
 LINEAGE = ("_topic", "_partition", "_offset")
 
 SERVE_COLUMNS = ("event_id", "serve_id", "experiment_id", "entity", "unit_id", "arm", "in_experiment", "propensity",
@@ -21,6 +23,8 @@ WEIGHT_COLUMNS = ("event_id", "experiment_id", "entity", "version", "arm", "weig
 ALERT_COLUMNS = ("event_id", "experiment_id", "entity", "arm", "kind", "severity", "value", "threshold", "message",
                  "weights_version", "timestamp")
 DECISION_COLUMNS = ("event_id", "experiment_id", "entity", "verdict", "winner", "rule", "reason", "arm_actions", "timestamp")
+EXPERIMENT_COLUMNS = ("event_id", "experiment_id", "spec_version", "status", "arms", "default_arm", "policy",
+                      "reward_type", "reward_name", "attribution_window_ms", "window_ms", "updated_at", "spec_json")
 
 
 def _flat(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], Iterator[tuple[Any, ...]]]:
@@ -45,6 +49,15 @@ def decision_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
            record["rule"], record["reason"], json.dumps(record["arm_actions"]), record["timestamp"])
 
 
+def experiment_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """One row per published spec version, with what the attribution views read of it (the
+    reward's name is only in `spec_json`); a spec that does not validate raises SpecError."""
+    spec = spec_from_record(record)
+    yield (record["event_id"], spec.id, spec.spec_version, spec.status, list(spec.arm_names), spec.default_arm,
+           spec.policy.name, spec.reward.type, spec.reward.name, spec.reward.attribution_window_ms, spec.window_ms,
+           record["updated_at"], record["spec_json"])
+
+
 @dataclass(frozen=True)
 class TableRoute:
     """Where records of one schema go, and how they become rows.
@@ -67,4 +80,5 @@ ROUTES: dict[str, TableRoute] = {
     "weights": TableRoute("WeightTable", "weights", WEIGHT_COLUMNS, weight_rows),
     "alerts": TableRoute("Alert", "alerts", ALERT_COLUMNS, _flat(ALERT_COLUMNS)),
     "decisions": TableRoute("Decision", "decisions", DECISION_COLUMNS, decision_rows),
+    "experiments": TableRoute("ExperimentSpec", "experiments", EXPERIMENT_COLUMNS, experiment_rows),
 }

@@ -39,6 +39,7 @@ from typing import Any
 from sluice.avro import SerdeError, SingleObjectSerde
 from sluice.avro.serde import HEADER_LEN
 from sluice.clickhouse import InsertRefused, insert_from_bytes
+from sluice.core.spec import SpecError
 from sluice.kafka import KafkaAdapterError, TopicNames, consumer_config, producer_config
 from sluice.kafka.dlq import dead_letter_headers
 from streams.sink.avro_blocks import BlockPlan, Segment, plan_blocks
@@ -270,7 +271,7 @@ class ClickHouseSink:
                 for row in route.rows(decoded.record):
                     rows.append(row + (topic, partition, offset))
                     row_offsets.append(offset)
-            except (SerdeError, KeyError, TypeError) as exc:
+            except (SerdeError, SpecError, KeyError, TypeError) as exc:  # SpecError: a spec that does not validate
                 bad.append(_Bad(offset, m.key(), m.value(), f"{type(exc).__name__}: {exc}"))
         # Dead letters are delivered before the rows that move the resume point past them.
         self._dead_letter(topic, partition, bad)

@@ -58,3 +58,19 @@ def test_a_retried_insert_with_the_same_token_is_dropped(clickhouse: Any, databa
     for _ in range(2):
         clickhouse.insert(f"{database}.rewards", row, column_names=cols, settings={"insert_deduplication_token": "rewards-0-0-0"})
     assert clickhouse.query(f"SELECT count() FROM {database}.rewards").result_rows == [(1,)]
+
+
+def test_specs_land_with_the_rules_and_the_views_follow_the_latest_version(clickhouse: Any, database: str) -> None:
+    from tests.analytics_support import land_spec, spec
+
+    migrate(clickhouse, database=database)
+    assert "experiments" not in TTL_TABLES  # a spec lives as long as the data it explains
+    land_spec(clickhouse, database, spec("ranking", ["a", "b"]), updated_at_ms=NOW_MS)
+    land_spec(clickhouse, database, spec("ranking", ["a", "b", "c"], reward_type="continuous", reward_name="revenue",
+                                         attribution_hours=48, window_days=3, spec_version=2), updated_at_ms=NOW_MS + 1)
+    rows = clickhouse.query(f"SELECT spec_version, reward_name, reward_type, attribution_window_ms, window_ms, "
+                            f"arraySort(arms_ever) FROM {database}.attribution_spec(experiment = 'ranking')"
+                            ).result_rows
+    assert rows == [(2, "revenue", "continuous", 48 * 3_600_000, 3 * 86_400_000, ["a", "b", "c"])]
+    other = clickhouse.query(f"SELECT count() FROM {database}.attribution_spec(experiment = 'other')").result_rows
+    assert other == [(0,)]
