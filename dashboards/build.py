@@ -60,12 +60,12 @@ ENTITY = variable("entity", f"SELECT DISTINCT entity FROM {DB}.weights WHERE exp
 WILSON = "(p + 1.9208 / n - 1.96 * sqrt(p * (1 - p) / n + 0.9604 / (n * n))) / (1 + 3.8416 / n)"
 WILSON_UP = "(p + 1.9208 / n + 1.96 * sqrt(p * (1 - p) / n + 0.9604 / (n * n))) / (1 + 3.8416 / n)"
 
+# Serves of the entity with the reward the stream worker's rules attribute to each, by the
+# experiment's spec (the parameterized view of sluice.clickhouse.migrations, version 3).
 ATTRIBUTED = f"""
-    SELECT s.timestamp AS timestamp, s.arm AS arm, if(r.serve_id = '', 0, 1) AS rewarded
-    FROM {DB}.serves AS s
-    LEFT JOIN (SELECT DISTINCT serve_id FROM {DB}.rewards WHERE {SCOPE}) AS r ON r.serve_id = s.serve_id
-    WHERE s.experiment_id = '${{experiment}}' AND s.entity = '${{entity}}' AND s.in_experiment
-      AND $__timeFilter(s.timestamp)"""
+    SELECT timestamp, toStartOfDay(timestamp) AS day, arm, reward
+    FROM {DB}.attributed_serves(experiment = '${{experiment}}')
+    WHERE entity = '${{entity}}' AND in_experiment AND $__timeFilter(timestamp)"""
 
 
 def overview() -> dict[str, Any]:
@@ -98,19 +98,22 @@ FROM {DB}.weights
 WHERE {SCOPE} AND policy = 'thompson' AND $__timeFilter(window_end)
 ORDER BY time""", "timeseries", ["time", "arm", "p_best"], x=12, y=8,
                   description="Exact Thompson probabilities before guardrails, as the table's reason records them."),
-        sql_panel("Cumulative reward and estimated regret against the best arm", f"""
-WITH means AS (SELECT arm, avg(rewarded) AS m FROM ({ATTRIBUTED}) GROUP BY arm),
-     best AS (SELECT max(m) AS best_mean FROM means)
+        sql_panel("Cumulative reward and estimated regret against each day's best arm", f"""
+WITH means AS (SELECT day, arm, avg(reward) AS m FROM ({ATTRIBUTED}) GROUP BY day, arm),
+     best AS (SELECT day, max(m) AS best_mean FROM means GROUP BY day)
 SELECT time,
        sum(reward) OVER (ORDER BY time) AS cumulative_reward,
        sum(regret) OVER (ORDER BY time) AS cumulative_regret
 FROM (
-    SELECT $__timeInterval(a.timestamp) AS time, sum(a.rewarded) AS reward, sum((SELECT best_mean FROM best) - m.m) AS regret
-    FROM ({ATTRIBUTED}) AS a INNER JOIN means AS m ON m.arm = a.arm
+    SELECT $__timeInterval(a.timestamp) AS time, sum(a.reward) AS reward, sum(b.best_mean - m.m) AS regret
+    FROM ({ATTRIBUTED}) AS a
+    INNER JOIN means AS m ON m.day = a.day AND m.arm = a.arm
+    INNER JOIN best AS b ON b.day = a.day
     GROUP BY time
 )
 ORDER BY time""", "timeseries", ["time", "cumulative_reward", "cumulative_regret"], x=0, y=16,
-                  description="Regret: per serve, the best arm's mean minus the served arm's mean (means over the range)."),
+                  description="Rewards attributed by the worker's rules and the spec; regret: per serve, the mean "
+                              "of the day's best arm minus the served arm's mean that day (UTC days)."),
         sql_panel("SRM check: share of serves against weight, latest window", f"""
 SELECT arm, serves / sum(serves) OVER () AS serve_share, weight, serve_share - weight AS difference
 FROM (

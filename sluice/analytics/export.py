@@ -1,18 +1,21 @@
 """Per-entity evaluation datasets: one row per serve with its attributed reward.
 
 The rows offline evaluation needs (propensities for off-policy estimates, the weight-table
-version for reproducibility, the context the caller passed) from ClickHouse, with every
-event counted once however many times the sink saw it (rows are deduplicated by event id),
-in a deterministic order. Columns are documented in docs/evaluation-dataset.md.
+version for reproducibility, the context the caller passed) from ClickHouse's
+`attributed_serves` view, which attributes rewards by the stream worker's rules and the
+experiment's spec (`sluice.analytics.attribution`): every event counted once however many
+times the sink saw it, in a deterministic order. Columns are documented in
+docs/evaluation-dataset.md.
 """
 
 from __future__ import annotations
 
 import csv
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sluice.analytics.attribution import experiment_spec
 from sluice.errors import SluiceError
 
 COLUMNS = ["serve_id", "timestamp", "experiment_id", "entity", "unit_id", "arm", "in_experiment", "propensity",
@@ -24,39 +27,33 @@ class ExportError(SluiceError):
 
 
 def query_rows(client: Any, experiment: str, *, database: str = "sluice", entity: str | None = None,
-               since: datetime | None = None, until: datetime | None = None, attribution_hours: float = 24.0,
-               binary: bool = True) -> list[tuple]:
-    """The dataset's rows, ordered by (entity, timestamp, serve_id)."""
-    where = ["experiment_id = %(e)s"]
-    params: dict[str, Any] = {"e": experiment, "window": int(attribution_hours * 3600)}
+               since: datetime | None = None, until: datetime | None = None) -> list[tuple]:
+    """The dataset's rows, ordered by (entity, timestamp, serve_id). Raises AttributionError
+    when the experiment has no spec in ClickHouse."""
+    experiment_spec(client, experiment, database)
+    where = ["1"]
+    params: dict[str, Any] = {"e": experiment}
     if entity is not None:
-        where.append("entity = %(entity)s")
+        where.append("entity = {entity:String}")
         params["entity"] = entity
     if since is not None:
-        where.append("timestamp >= %(since)s")
-        params["since"] = since
+        where.append("toUnixTimestamp64Milli(timestamp) >= {since:Int64}")
+        params["since"] = _epoch_ms(since)
     if until is not None:
-        where.append("timestamp < %(until)s")
-        params["until"] = until
-    total = "max(r.value)" if binary else "sum(r.value)"
+        where.append("toUnixTimestamp64Milli(timestamp) < {until:Int64}")
+        params["until"] = _epoch_ms(until)
     sql = f"""
-        WITH s AS (
-            SELECT * FROM {database}.serves WHERE {' AND '.join(where)}
-            ORDER BY event_id LIMIT 1 BY event_id
-        ), r AS (
-            SELECT serve_id, value, timestamp FROM {database}.rewards WHERE experiment_id = %(e)s
-            ORDER BY event_id LIMIT 1 BY event_id
-        )
-        SELECT s.serve_id, s.timestamp, s.experiment_id, s.entity, s.unit_id, s.arm, s.in_experiment, s.propensity,
-               s.weights_version, s.bucket, toJSONString(s.context),
-               if(count(r.serve_id) = 0, 0, {total}), toBool(count(r.serve_id) > 0), count(r.serve_id)
-        FROM s LEFT JOIN r ON r.serve_id = s.serve_id
-             AND r.timestamp <= s.timestamp + toIntervalSecond(%(window)s)
-        GROUP BY s.serve_id, s.timestamp, s.experiment_id, s.entity, s.unit_id, s.arm, s.in_experiment,
-                 s.propensity, s.weights_version, s.bucket, s.context
-        ORDER BY s.entity, s.timestamp, s.serve_id
-        SETTINGS join_use_nulls = 1"""
+        SELECT serve_id, timestamp, experiment_id, entity, unit_id, arm, in_experiment, propensity, weights_version,
+               bucket, toJSONString(context), reward, rewarded, reward_events
+        FROM {database}.attributed_serves(experiment = {{e:String}})
+        WHERE {' AND '.join(where)}
+        ORDER BY entity, timestamp, serve_id"""
     return client.query(sql, parameters=params).result_rows
+
+
+def _epoch_ms(t: datetime) -> int:
+    """Epoch milliseconds of `t`; a naive time is UTC."""
+    return round((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() * 1000)
 
 
 def export(client: Any, experiment: str, out: Path, fmt: str, **filters: Any) -> int:

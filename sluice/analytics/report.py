@@ -2,10 +2,14 @@
 
 Per entity: traffic and weights over (event) time, the windowed reward rate of every arm
 with 95 % intervals, P(best) over time (exact Thompson probabilities of the windowed
-statistics of each weight table), an estimated cumulative regret against the best arm
-next to an equal split, the statistics table of the latest window (tests, intervals,
+statistics of each weight table), an estimated cumulative regret against each day's best
+arm next to an equal split, the statistics table of the latest window (tests, intervals,
 P(best), SRM, naive and propensity-weighted means) and the decision with its reason.
 Plots are PNGs inlined as base64: the file needs nothing else to open.
+
+The weight tables are the worker's (table `weights`); the hourly rewards behind regret and
+the propensity-weighted means are attributed by the worker's rules with the experiment's
+spec (`sluice.analytics.attribution`), so both tell the same story.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sluice.analytics.attribution import experiment_spec, hourly
 from sluice.core.decisions import DecisionCriteria, decide
 from sluice.core.ipw import ipw_means
 from sluice.core.stats.comparison import ArmData
@@ -44,11 +49,16 @@ class EntityData:
     count: np.ndarray  # (T, K) windowed observations
     sums: np.ndarray  # (T, K)
     sums_sq: np.ndarray  # (T, K)
-    window_days: float
-    hourly: dict[str, np.ndarray]  # "hours" (H,), "serves"/"sums"/"sums_sq" (H, K): attributed per event hour
+    window_days: float  # the spec's
+    # Attributed per hour of the serve: "hours" (H,) ms; "serves", "count" (in-experiment serves),
+    # "sums", "sums_sq" (H, K), arms in the order of `arms`.
+    hourly: dict[str, np.ndarray]
 
 
-def load(client: Any, experiment: str, database: str = "sluice", attribution_hours: float = 24.0) -> list[EntityData]:
+def load(client: Any, experiment: str, database: str = "sluice") -> list[EntityData]:
+    """Per entity, the worker's weight tables and the hourly counters attributed by the rules
+    of the experiment's spec. Raises ReportError when there are no tables, AttributionError
+    when ClickHouse has no spec."""
     tables = client.query(
         f"SELECT entity, version, toUnixTimestamp64Milli(window_end), toUnixTimestamp64Milli(window_start), arm, "
         f"weight, count, sum, sum_squares FROM {database}.weights WHERE experiment_id = %(e)s "
@@ -57,45 +67,61 @@ def load(client: Any, experiment: str, database: str = "sluice", attribution_hou
         known = [r[0] for r in client.query(f"SELECT DISTINCT experiment_id FROM {database}.weights").result_rows]
         raise ReportError(f"no weight tables of experiment {experiment!r} in {database}.weights "
                           f"(experiments there: {', '.join(sorted(known)) or 'none'})")
-    hourly = client.query(f"""
-        SELECT s.entity, toUnixTimestamp(toStartOfHour(s.timestamp)) AS h, s.arm, count() AS n,
-               sum(r.total) AS sums, sum(r.total * r.total) AS sums_sq
-        FROM {database}.serves AS s
-        LEFT JOIN (
-            SELECT rw.serve_id, sum(rw.value) AS total
-            FROM {database}.rewards AS rw
-            INNER JOIN {database}.serves AS sv ON sv.serve_id = rw.serve_id
-            WHERE rw.experiment_id = %(e)s
-              AND rw.timestamp <= sv.timestamp + toIntervalSecond(%(window)s)
-            GROUP BY rw.serve_id
-        ) AS r ON r.serve_id = s.serve_id
-        WHERE s.experiment_id = %(e)s AND s.in_experiment
-        GROUP BY s.entity, h, s.arm ORDER BY s.entity, h""",
-        parameters={"e": experiment, "window": int(attribution_hours * 3600)}).result_rows
+    spec = experiment_spec(client, experiment, database)
+    table_arms: dict[str, dict[str, None]] = {}
+    for r in tables:
+        table_arms.setdefault(r[0], {})[r[4]] = None  # in order of first appearance
+    attributed = hourly(client, experiment, database, arms={e: list(a) for e, a in table_arms.items()})
     out = []
-    for entity in sorted({r[0] for r in tables}):
+    for entity in sorted(table_arms):
         rows = [r for r in tables if r[0] == entity]
-        arms = list(dict.fromkeys(r[4] for r in rows))  # in order of first appearance
+        h = attributed.get(entity)
+        arms = list(table_arms[entity]) if h is None else list(h.arms)
         versions = sorted({r[1] for r in rows})
         vi, ai = {v: i for i, v in enumerate(versions)}, {a: i for i, a in enumerate(arms)}
         shape = (len(versions), len(arms))
         times = np.zeros(len(versions))
         weights, count, sums, sums_sq = (np.zeros(shape) for _ in range(4))
-        longest_window_ms = 0
-        for _, version, end, start, arm, weight, n, s, ss in rows:
+        for _, version, end, _start, arm, weight, n, s, ss in rows:
             t, a = vi[version], ai[arm]
             times[t] = end
-            longest_window_ms = max(longest_window_ms, end - start)
             weights[t, a], count[t, a], sums[t, a], sums_sq[t, a] = weight, n, s, ss
-        hours = sorted({r[1] for r in hourly if r[0] == entity})
-        hi = {h: i for i, h in enumerate(hours)}
-        hs = {k: np.zeros((len(hours), len(arms))) for k in ("serves", "sums", "sums_sq")}
-        for e, h, arm, n, s, ss in hourly:
-            if e == entity and arm in ai:
-                hs["serves"][hi[h], ai[arm]], hs["sums"][hi[h], ai[arm]], hs["sums_sq"][hi[h], ai[arm]] = n, s or 0, ss or 0
-        out.append(EntityData(entity, arms, times, weights, count, sums, sums_sq, longest_window_ms / DAY_MS,
-                              {"hours": np.asarray(hours, dtype=float) * 1000, **hs}))
+        if h is None:
+            empty = np.zeros((0, len(arms)))
+            hs = {"hours": np.zeros(0), "serves": empty, "count": empty, "sums": empty, "sums_sq": empty}
+        else:
+            hs = {"hours": h.hours, "serves": h.serves, "count": h.count, "sums": h.sum, "sums_sq": h.sum_sq}
+        out.append(EntityData(entity, arms, times, weights, count, sums, sums_sq, spec.window_days, hs))
     return out
+
+
+def period_regret(hours_ms: np.ndarray, count: np.ndarray, sums: np.ndarray,
+                  period_ms: float = DAY_MS) -> tuple[np.ndarray, np.ndarray]:
+    """Estimated cumulative regret after each hour, of the traffic as served and of an equal
+    split of the same traffic, each period against the arm that is best in that period.
+
+    `hours_ms` (H,) ascending; `count`, `sums` (H, K): observations and reward sums per hour
+    and arm. Periods are `period_ms` long from the first hour. In each, an arm's gap is the
+    best mean of the period minus its own (arms without observations in it have none); the
+    equal split spreads the period's traffic over the arms observed in it. A change of best
+    arm then costs only the hours the traffic stays on the old one.
+    """
+    hours_ms, count, sums = np.asarray(hours_ms, float), np.asarray(count, float), np.asarray(sums, float)
+    if not len(hours_ms):
+        return np.zeros(0), np.zeros(0)
+    periods = ((hours_ms - hours_ms[0]) // period_ms).astype(int)
+    policy, equal = np.zeros(len(hours_ms)), np.zeros(len(hours_ms))
+    for p in np.unique(periods):
+        rows = periods == p
+        n, s = count[rows].sum(0), sums[rows].sum(0)
+        seen = n > 0
+        if not seen.any():
+            continue
+        means = np.divide(s, n, out=np.zeros_like(s), where=seen)
+        gap = np.where(seen, means[seen].max() - means, 0.0)
+        policy[rows] = count[rows] @ gap
+        equal[rows] = count[rows].sum(1) * gap[seen].mean()
+    return np.cumsum(policy), np.cumsum(equal)
 
 
 def _png(fig: Any) -> str:
@@ -154,17 +180,14 @@ def _plots(d: EntityData, origin: float, binary: bool) -> dict[str, str]:
         ax.legend(fontsize=7)
         plots["p_best"] = _png(fig)
 
-    serves = d.hourly["serves"]
-    if serves.size:
-        means = np.divide(d.hourly["sums"].sum(0), serves.sum(0), out=np.zeros(len(d.arms)), where=serves.sum(0) > 0)
-        gap = means.max() - means
-        regret = np.cumsum(serves @ gap)
-        equal = np.cumsum(serves.sum(1) * gap.mean())
+    if d.hourly["count"].size:
+        regret, equal = period_regret(d.hourly["hours"], d.hourly["count"], d.hourly["sums"])
         fig, ax = plt.subplots(figsize=(6.4, 3.2))
         hx = _days(d.hourly["hours"], origin)
         ax.plot(hx, regret, label="this experiment")
         ax.plot(hx, equal, "--", label="equal split, same traffic")
-        ax.set(title="estimated cumulative regret vs the best arm", xlabel="day (event time)", ylabel="reward lost")
+        ax.set(title="estimated cumulative regret vs each day's best arm", xlabel="day (event time)",
+               ylabel="reward lost")
         ax.legend(fontsize=7)
         plots["regret"] = _png(fig)
     return plots
@@ -188,9 +211,9 @@ def _statistics(d: EntityData, binary: bool, criteria: DecisionCriteria) -> tupl
                       days_running=days_running, current_weights=d.weights[-1])
     hourly = d.hourly
     ipw = None
-    if hourly["serves"].size:
+    if hourly["count"].size:
         hour_weights = np.array([d.weights[max(0, np.searchsorted(d.times, h + 3_600_000) - 1)] for h in hourly["hours"]])
-        ipw = ipw_means(hour_weights, hourly["serves"], hourly["sums"], hourly["sums_sq"])
+        ipw = ipw_means(hour_weights, hourly["count"], hourly["sums"], hourly["sums_sq"])
     rows = []
     comp = decision.comparison
     for a, arm in enumerate(d.arms):
@@ -228,13 +251,15 @@ td:first-child, th:first-child { text-align: left; }
 """
 
 
-def write_report(client: Any, experiment: str, out: Path, *, database: str = "sluice", attribution_hours: float = 24.0,
+def write_report(client: Any, experiment: str, out: Path, *, database: str = "sluice",
                  criteria: DecisionCriteria | None = None, progress: Callable[[str], None] | None = None) -> Path:
-    """Write the report of `experiment` to `out`; returns the path."""
-    entities = load(client, experiment, database, attribution_hours)
-    criteria = criteria or DecisionCriteria()
+    """Write the report of `experiment` to `out`; returns the path. The reward's kind, the
+    attribution rules and (unless `criteria` is given) the decision criteria are the spec's."""
+    entities = load(client, experiment, database)  # first: it names an experiment without tables
+    spec = experiment_spec(client, experiment, database)
+    criteria = criteria or spec.criteria
     origin = min(float(d.times[0]) for d in entities)
-    binary = all(np.allclose(d.sums, d.sums_sq) and (d.sums <= d.count).all() for d in entities)
+    binary = spec.reward.type == "binary"
     sections = []
     overview = []
     for d in entities:
@@ -250,8 +275,10 @@ def write_report(client: Any, experiment: str, out: Path, *, database: str = "sl
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Sluice report: {html.escape(experiment)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Experiment {html.escape(experiment)}</h1>
-<p>{len(entities)} entities; rewards {'binary' if binary else 'continuous'}; time axis: event time in days since the
-first table. Source: ClickHouse database <code>{html.escape(database)}</code>.</p>
+<p>{len(entities)} entities; reward <code>{html.escape(spec.reward.name)}</code> ({spec.reward.type}), attributed
+within {spec.reward.attribution_window_hours:g} h of its serve; window {spec.window_days:g} days (spec version
+{spec.spec_version}). Time axis: event time in days since the first table. Source: ClickHouse database
+<code>{html.escape(database)}</code>.</p>
 <h2>Overall</h2><table><tr><th>entity</th><th>tables</th><th>heaviest arm now</th><th>its weight</th>
 <th>observations in window</th></tr>{''.join(overview)}</table>
 {''.join(sections)}

@@ -18,14 +18,13 @@ from sluice.cli._common import settings, sluice_errors
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--database", default="sluice", show_default=True)
-@click.option("--attribution-hours", type=click.FloatRange(min=0, min_open=True), default=24.0, show_default=True)
-@click.option("--continuous", is_flag=True, help="Sum a serve's rewards (default: binary, 1 if any reward was 1).")
 @sluice_errors
 def export_(experiment: str, entity: str | None, since: datetime | None, until: datetime | None, fmt: str,
-            output: Path, database: str, attribution_hours: float, continuous: bool) -> None:
+            output: Path, database: str) -> None:
     """One row per serve: time, unit, arm, propensity, weight-table version, context and
-    the reward attributed to it (docs/evaluation-dataset.md). The same rows however many
-    times the events were delivered."""
+    the reward attributed to it (docs/evaluation-dataset.md). Rewards are attributed as the
+    stream worker attributes them, by the experiment's spec (reward name and type,
+    attribution window). The same rows however many times the events were delivered."""
     from datetime import timezone
 
     from sluice.analytics.export import export
@@ -36,8 +35,7 @@ def export_(experiment: str, entity: str | None, since: datetime | None, until: 
     try:
         n = export(client, experiment, output, fmt, database=database, entity=entity,
                    since=since.replace(tzinfo=timezone.utc) if since else None,
-                   until=until.replace(tzinfo=timezone.utc) if until else None,
-                   attribution_hours=attribution_hours, binary=not continuous)
+                   until=until.replace(tzinfo=timezone.utc) if until else None)
     finally:
         client.close()
     click.echo(f"{n:,} rows -> {output}")

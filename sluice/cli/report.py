@@ -14,12 +14,13 @@ from sluice.cli._common import settings, sluice_errors
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: report-EXPERIMENT.html].")
 @click.option("--database", default="sluice", show_default=True, help="ClickHouse database the sink writes.")
-@click.option("--attribution-hours", type=click.FloatRange(min=0, min_open=True), default=24.0, show_default=True,
-              help="Rewards this long after their serve count (the experiment's attribution window).")
 @sluice_errors
-def report(experiment: str, output: Path | None, database: str, attribution_hours: float) -> None:
+def report(experiment: str, output: Path | None, database: str) -> None:
     """Plots (weights, reward per arm with intervals, P(best), regret) and statistics (tests,
-    intervals, SRM, naive and propensity-weighted means) with the decision, per entity."""
+    intervals, SRM, naive and propensity-weighted means) with the decision, per entity.
+
+    Rewards are attributed as the stream worker attributes them, by the experiment's spec
+    (reward name and type, attribution window), which the sink lands in ClickHouse."""
     from rich.progress import Progress
 
     from sluice.analytics.report import write_report
@@ -31,7 +32,6 @@ def report(experiment: str, output: Path | None, database: str, attribution_hour
         with Progress(transient=True) as progress:
             task = progress.add_task("report", total=None)
             out = write_report(client, experiment, output or Path(f"report-{experiment}.html"), database=database,
-                               attribution_hours=attribution_hours,
                                progress=lambda entity: progress.update(task, description=f"entity {entity}"))
     finally:
         client.close()

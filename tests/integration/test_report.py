@@ -1,5 +1,6 @@
-"""`sluice report`: the HTML holds the numbers the core computes from the seeded tables, and
-renders in headless Chromium as plots, not a blank page."""
+"""`sluice report`: the HTML holds the numbers the core computes from the seeded tables, its
+attributed rewards follow the worker's rules with the experiment's spec, and it renders in
+headless Chromium as plots, not a blank page."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from sluice.analytics.report import ReportError, load, write_report
 from sluice.clickhouse import migrate
 from sluice.core.stats.comparison import ArmData, compare
+from tests.analytics_support import land_spec, spec, token
 
 pytestmark = pytest.mark.integration
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
@@ -23,14 +25,25 @@ ARMS = ["control", "better"]
 RATES = {"control": 0.03, "better": 0.06}
 
 
-def seed(client, db: str, experiment: str = "exp") -> None:
-    """Two days of an A/B-like experiment for two entities: serves, rewards and a weight
-    table every hour carrying the windowed statistics, as the sink would have written."""
+ATTRIBUTION_HOURS = 2.0
+
+
+def seed(client, db: str, experiment: str = "exp") -> dict[str, dict[str, int]]:
+    """Two days of an A/B-like experiment for two entities: its spec (a click counts within
+    2 h), serves, rewards and a weight table every hour carrying the windowed statistics, as
+    the sink would have written. Some clicked serves are clicked twice, some serves get a
+    `view` or a click 3 h late, which count nothing. Returns entity → arm → clicked serves."""
     from datetime import datetime, timezone
 
     rng = np.random.default_rng(5)
     start = int(time.time() * 1000) - 2 * DAY_MS
+    land_spec(client, db, spec(experiment, ARMS, attribution_hours=ATTRIBUTION_HOURS))
     serves, rewards, weights = [], [], []
+    clicked = {}
+
+    def at(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
     for entity in ("e1", "e2"):
         n, s = dict.fromkeys(ARMS, 0), dict.fromkeys(ARMS, 0)
         for hour in range(48):
@@ -38,21 +51,27 @@ def seed(client, db: str, experiment: str = "exp") -> None:
             for i in range(200):
                 arm = "better" if rng.random() < share else "control"
                 ts = start + hour * HOUR_MS + i * 1000
-                sid = str(uuid.uuid4())
+                sid = token(len(serves), at(ts), arm)
                 p = share if arm == "better" else 1 - share
-                serves.append([sid, sid, experiment, entity, f"u{i}", arm, True, p, hour + 1, 0,
-                               datetime.fromtimestamp(ts / 1000, timezone.utc), {}])
+                serves.append([str(uuid.uuid4()), sid, experiment, entity, f"u{i}", arm, True, p, hour + 1, 0,
+                               at(ts), {}])
                 n[arm] += 1
                 if rng.random() < RATES[arm]:
                     s[arm] += 1
-                    rewards.append([str(uuid.uuid4()), sid, experiment, entity, "click", 1.0, None, None,
-                                    datetime.fromtimestamp((ts + 60_000) / 1000, timezone.utc)])
+                    for _ in range(1 + int(rng.random() < 0.3)):  # a second click counts nothing
+                        rewards.append([str(uuid.uuid4()), sid, experiment, entity, "click", 1.0, None, None,
+                                        at(ts + 60_000)])
+                elif rng.random() < 0.05:  # late for the spec's 2 h, or another name: nothing
+                    late = rng.random() < 0.5
+                    rewards.append([str(uuid.uuid4()), sid, experiment, entity, "click" if late else "view", 1.0,
+                                    None, None, at(ts + (3 * HOUR_MS if late else 60_000))])
             end = datetime.fromtimestamp((start + (hour + 1) * HOUR_MS) / 1000, timezone.utc)
             for arm in ARMS:
                 w = share if arm == "better" else 1 - share
                 weights.append([str(uuid.uuid4()), experiment, entity, hour + 1, arm, w, int(w * 10000), "thompson",
                                 "test", n[arm], n[arm], float(s[arm]), float(s[arm]),
                                 datetime.fromtimestamp(start / 1000, timezone.utc), end, end])
+        clicked[entity] = s
     client.insert(f"{db}.serves", serves, column_names=["event_id", "serve_id", "experiment_id", "entity", "unit_id", "arm",
                                                         "in_experiment", "propensity", "weights_version", "bucket",
                                                         "timestamp", "context"])
@@ -62,6 +81,7 @@ def seed(client, db: str, experiment: str = "exp") -> None:
                                                           "weight", "buckets", "policy", "reason", "serves", "count",
                                                           "sum", "sum_squares", "window_start", "window_end",
                                                           "computed_at"])
+    return clicked
 
 
 @pytest.fixture
@@ -69,6 +89,22 @@ def seeded(clickhouse, database):
     migrate(clickhouse, database=database)
     seed(clickhouse, database)
     return clickhouse, database
+
+
+def test_rewards_are_attributed_by_the_spec_s_rules(clickhouse, database, tmp_path: Path) -> None:
+    """A click counts once per serve, within the spec's 2 h, by its name: the attributed
+    totals are the clicked serves (which the seeded tables carry too)."""
+    client, db = clickhouse, database
+    migrate(client, database=db)
+    clicked = seed(client, db)
+    for d in load(client, "exp", db):
+        totals = dict(zip(d.arms, d.hourly["sums"].sum(0)))
+        assert totals == {arm: float(v) for arm, v in clicked[d.entity].items()}, d.entity
+        assert np.array_equal(d.hourly["sums"], d.hourly["sums_sq"])  # binary
+        assert dict(zip(d.arms, d.hourly["count"].sum(0))) == dict(zip(d.arms, d.count[-1]))
+        assert d.window_days == 7.0
+    page = write_report(client, "exp", tmp_path / "r.html", database=db).read_text()
+    assert re.search(r"attributed\s+within 2 h of its serve", page) and "(binary)" in page
 
 
 def test_the_report_holds_the_statistics_of_the_core(seeded, tmp_path: Path) -> None:
