@@ -53,6 +53,9 @@ class EntityData:
     # Attributed per hour of the serve: "hours" (H,) ms; "serves", "count" (in-experiment serves),
     # "sums", "sums_sq" (H, K), arms in the order of `arms`.
     hourly: dict[str, np.ndarray]
+    # In-experiment serves grouped by (arm, logged propensity): "weights", "count", "sums",
+    # "sums_sq" (G, K), one row per group with only its arm's column filled: the IPW input.
+    by_propensity: dict[str, np.ndarray]
 
 
 def load(client: Any, experiment: str, database: str = "sluice") -> list[EntityData]:
@@ -72,6 +75,10 @@ def load(client: Any, experiment: str, database: str = "sluice") -> list[EntityD
     for r in tables:
         table_arms.setdefault(r[0], {})[r[4]] = None  # in order of first appearance
     attributed = hourly(client, experiment, database, arms={e: list(a) for e, a in table_arms.items()})
+    groups = client.query(
+        f"SELECT entity, arm, propensity, count(), sum(reward), sum(reward * reward) "
+        f"FROM {database}.attributed_serves(experiment = {{e:String}}) WHERE in_experiment "
+        f"GROUP BY entity, arm, propensity", parameters={"e": experiment}).result_rows
     out = []
     for entity in sorted(table_arms):
         rows = [r for r in tables if r[0] == entity]
@@ -91,7 +98,14 @@ def load(client: Any, experiment: str, database: str = "sluice") -> list[EntityD
             hs = {"hours": np.zeros(0), "serves": empty, "count": empty, "sums": empty, "sums_sq": empty}
         else:
             hs = {"hours": h.hours, "serves": h.serves, "count": h.count, "sums": h.sum, "sums_sq": h.sum_sq}
-        out.append(EntityData(entity, arms, times, weights, count, sums, sums_sq, spec.window_days, hs))
+        mine = [g for g in groups if g[0] == entity and g[1] in ai]
+        by_p = {name: np.zeros((len(mine), len(arms))) for name in ("weights", "count", "sums", "sums_sq")}
+        by_p["weights"][:] = 1.0  # the other arms' columns are empty groups
+        for row, (_, arm, propensity, n, s, ss) in enumerate(mine):
+            a = ai[arm]
+            by_p["weights"][row, a], by_p["count"][row, a], by_p["sums"][row, a], by_p["sums_sq"][row, a] = \
+                propensity, n, s, ss
+        out.append(EntityData(entity, arms, times, weights, count, sums, sums_sq, spec.window_days, hs, by_p))
     return out
 
 
@@ -209,11 +223,12 @@ def _statistics(d: EntityData, binary: bool, criteria: DecisionCriteria) -> tupl
     days_running = (d.times[-1] - d.times[0]) / DAY_MS
     decision = decide(data, criteria, days_in_window=min(d.window_days, days_running + 1 / 24),
                       days_running=days_running, current_weights=d.weights[-1])
-    hourly = d.hourly
+    # Each serve weighted by the exact propensity it was logged with (Horvitz-Thompson),
+    # whatever weight tables came and went while it was served.
+    g = d.by_propensity
     ipw = None
-    if hourly["count"].size:
-        hour_weights = np.array([d.weights[max(0, np.searchsorted(d.times, h + 3_600_000) - 1)] for h in hourly["hours"]])
-        ipw = ipw_means(hour_weights, hourly["count"], hourly["sums"], hourly["sums_sq"])
+    if g["count"].sum() >= 2:
+        ipw = ipw_means(g["weights"], g["count"], g["sums"], g["sums_sq"])
     rows = []
     comp = decision.comparison
     for a, arm in enumerate(d.arms):

@@ -53,6 +53,10 @@ def test_a_short_demo_lands_every_event_and_moves_weights_to_the_best_arm(tmp_pa
         assert max(weights, key=weights.get) == "transformer-v1", (advertiser, weights)
     assert summary["regret"]["demo-ranking"]["policy"] < summary["regret"]["demo-ranking"]["equal_split"]
     assert {"sluice-worker: undecodable", "sluice-worker: unknown_arm", "sluice-worker: invalid_value"} <= set(summary["dead_letters"])
+    # The failing model is rolled back for that advertiser, and for nothing else.
+    rolled = {(a["experiment_id"], a["entity"], a["arm"]) for a in summary["rollbacks"]}
+    assert rolled == {("demo-ranking", "adv-globex", "two-tower-v3")}, summary["rollbacks"]
+    assert summary["final_weights"]["demo-ranking/adv-globex"]["two-tower-v3"] == 0
     assert not (tmp_path / "kafka" / "broker.pid").exists()
     assert child_pids(tmp_path) and not any(_alive(pid) for pid in child_pids(tmp_path))
 
