@@ -137,7 +137,10 @@ def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, no
     totals = window_totals(state, spec.window_ms)
     live = [state.arms.index(a) for a in arms]
     n, s, ss = totals[live, COUNT], totals[live, SUM], totals[live, SUM_SQ]
-    data = ArmData.binary(n, s, arms) if spec.reward.type == "binary" else ArmData.continuous(n, s, ss, arms)
+    # Rewards can be read before their serves (two topics): successes are capped at the
+    # serves, as the policy's Beta posterior caps them, rather than leaving the window unjudged.
+    data = ArmData.binary(n, np.minimum(s, n), arms) if spec.reward.type == "binary" \
+        else ArmData.continuous(n, s, ss, arms)
     weights = None
     if state.allocation is not None:
         counts = Allocation.from_ranges(state.allocation, state.num_buckets).counts

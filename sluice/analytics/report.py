@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from sluice.analytics.attribution import experiment_spec, hourly
+from sluice.analytics.offline import latest_evaluations
 from sluice.core.decisions import DecisionCriteria, decide
 from sluice.core.ipw import ipw_means
 from sluice.core.stats.comparison import ArmData
@@ -165,13 +166,17 @@ def _plots(d: EntityData, origin: float, binary: bool) -> dict[str, str]:
     ax.legend(fontsize=7, loc="upper left")
     plots["weights"] = _png(fig)
 
+    # A table can hold rewards of serves the worker has not read yet (rewards and serves come
+    # on two topics): for a binary reward, successes are capped at the serves, as the
+    # worker's posterior caps them (`sluice.core.posteriors.beta_posterior`).
+    sums = np.minimum(d.sums, d.count) if binary else d.sums
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     for a, arm in enumerate(d.arms):
         n = d.count[:, a]
         ok = n > 0
-        mean = np.divide(d.sums[:, a], n, out=np.zeros_like(n), where=ok)
+        mean = np.divide(sums[:, a], n, out=np.zeros_like(n), where=ok)
         if binary:
-            interval = wilson_interval(d.sums[ok, a], n[ok], 0.95)
+            interval = wilson_interval(sums[ok, a], n[ok], 0.95)
             lo, hi = interval.lower, interval.upper
         else:
             var = np.divide(d.sums_sq[:, a], n, out=np.zeros_like(n), where=ok) - mean ** 2
@@ -185,7 +190,7 @@ def _plots(d: EntityData, origin: float, binary: bool) -> dict[str, str]:
 
     idx = np.unique(np.linspace(0, len(x) - 1, min(MAX_POINTS, len(x))).astype(int))
     if binary:
-        p_best = np.array([beta_best_probabilities(1 + d.sums[i], 1 + d.count[i] - d.sums[i]) for i in idx])
+        p_best = np.array([beta_best_probabilities(1 + sums[i], 1 + d.count[i] - sums[i]) for i in idx])
         fig, ax = plt.subplots(figsize=(6.4, 3.2))
         for a, arm in enumerate(d.arms):
             ax.plot(x[idx], p_best[:, a], label=arm)
@@ -254,6 +259,46 @@ def _statistics(d: EntityData, binary: bool, criteria: DecisionCriteria) -> tupl
     return table, verdict
 
 
+def _offline(rows: list[dict[str, Any]], binary: bool) -> tuple[str, str | None]:
+    """The entity's latest continuous offline evaluation: a table of every (target,
+    estimator) with its interval and diagnostics, and a plot of the estimates with their
+    intervals. Empty when none was run."""
+    if not rows:
+        return "", None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = (rows[0]["window_end_ms"] - rows[0]["window_start_ms"]) / DAY_MS
+    cells = []
+    for r in rows:
+        cells.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
+            r["target"], r["estimator"], _fmt(r["estimate"], binary),
+            f"[{_fmt(r['lower'], binary)}, {_fmt(r['upper'], binary)}]", f"{r['effective_sample_size']:,.0f}",
+            _fmt(r["support_deficit"], True), f"{int(r['n_rounds']):,}")) + "</tr>")
+    head = ["target policy", "estimator", "estimated reward", "95 % interval", "effective sample size",
+            "support deficit", "logged rounds"]
+    table = (f"<h3>Offline evaluation of candidate policies (last {days:g} days of logs)</h3>"
+             "<p>What each policy would have earned on the traffic the live policy served, from the logged "
+             "propensities (sluice.core.ope).</p><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+             + "".join(cells) + "</table>")
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(targets)))
+    for k, est in enumerate(estimators):
+        mine = {r["target"]: r for r in rows if r["estimator"] == est}
+        y = np.arange(len(targets)) + (k - (len(estimators) - 1) / 2) * 0.2
+        est_values = np.array([mine[t]["estimate"] if t in mine else np.nan for t in targets])
+        lo = np.array([mine[t]["lower"] if t in mine else np.nan for t in targets])
+        hi = np.array([mine[t]["upper"] if t in mine else np.nan for t in targets])
+        ax.errorbar(est_values, y, xerr=[est_values - lo, hi - est_values], fmt="o", capsize=3, label=est)
+    ax.set_yticks(np.arange(len(targets)), targets, fontsize=8)
+    ax.set(title="offline estimates with 95 % intervals", xlabel="estimated reward per serve")
+    ax.legend(fontsize=7)
+    return table, _png(fig)
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
@@ -272,6 +317,7 @@ def write_report(client: Any, experiment: str, out: Path, *, database: str = "sl
     attribution rules and (unless `criteria` is given) the decision criteria are the spec's."""
     entities = load(client, experiment, database)  # first: it names an experiment without tables
     spec = experiment_spec(client, experiment, database)
+    offline = latest_evaluations(client, experiment, database)
     criteria = criteria or spec.criteria
     origin = min(float(d.times[0]) for d in entities)
     binary = spec.reward.type == "binary"
@@ -282,11 +328,15 @@ def write_report(client: Any, experiment: str, out: Path, *, database: str = "sl
             progress(d.entity)
         plots = _plots(d, origin, binary)
         table, verdict = _statistics(d, binary, criteria)
+        offline_table, offline_plot = _offline([r for r in offline if r["entity"] == d.entity], binary)
+        if offline_plot is not None:
+            plots["offline estimates"] = offline_plot
         images = "".join(f"<img alt='{k}' src='data:image/png;base64,{v}'>" for k, v in plots.items())
         best = d.arms[int(np.argmax(d.weights[-1]))]
         overview.append(f"<tr><td>{html.escape(d.entity)}</td><td>{len(d.times):,}</td><td>{html.escape(best)}</td>"
                         f"<td>{_fmt(d.weights[-1].max(), True)}</td><td>{int(d.count[-1].sum()):,}</td></tr>")
-        sections.append(f"<h2>{html.escape(d.entity or '(no entity)')}</h2>{verdict}{table}<div class='grid'>{images}</div>")
+        sections.append(f"<h2>{html.escape(d.entity or '(no entity)')}</h2>{verdict}{table}{offline_table}"
+                        f"<div class='grid'>{images}</div>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Sluice report: {html.escape(experiment)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Experiment {html.escape(experiment)}</h1>

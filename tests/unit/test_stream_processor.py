@@ -365,6 +365,30 @@ def test_a_decision_is_made_from_the_window_and_names_its_rule(serde, make) -> N
     assert early["verdict"] == "CONTINUE" and early["rule"] == "minimum_data"
 
 
+def test_rewards_read_before_their_serves_still_get_a_decision(serde, make) -> None:
+    """Serves and rewards come on two topics, so a window can hold an arm's rewards before
+    its serves. The decision caps successes at the serves, as the posterior does, instead
+    of finding the window invalid and judging nothing."""
+    from streams.publisher import COUNT, SUM, decision_record
+
+    spec = bandit_spec("e1", ["a", "b"], criteria={"sequential": False})
+    traffic = Traffic()
+    for i in range(300):
+        traffic.serve("e1", "x", "a" if i % 60 else "b", NOW - DAY_MS + i * 60_000)
+    ahead = Traffic()  # clicks of b's serves that are still on their way
+    for i in range(12):
+        ahead.reward("e1", "x", format_serve_id(f"{i:024x}", NOW - HOUR_MS, True, "b"), 1.0, NOW - HOUR_MS + 10)
+    worker = make({"e1": spec})
+    worker.process(to_inputs(traffic, serde))
+    worker.process(to_inputs(ahead, serde, 10_000))
+    state = worker.processor.states[b"e1\x1fx"]
+    totals = window_totals(state, spec.window_ms)
+    b = state.arms.index("b")
+    assert totals[b, SUM] == 12 and totals[b, COUNT] == 5
+    record = decision_record(state, spec, b"e1\x1fx", NOW)
+    assert record is not None and record["verdict"] in {"CONTINUE", "SHIP", "ITERATE", "KILL"}, record
+
+
 def test_an_entity_outside_the_specs_list_is_a_dead_letter(serde, make) -> None:
     spec = bandit_spec("e1", ["a", "b"], entities=["x"])
     traffic = Traffic()
