@@ -84,12 +84,14 @@ ORDER BY time""", "timeseries", ["time", "arm", "weight"], x=12, y=0),
         sql_panel("Reward rate per arm over the window, with 95 % Wilson band", f"""
 SELECT time, arm, p AS rate, {WILSON} AS lower, {WILSON_UP} AS upper
 FROM (
-    SELECT window_end AS time, arm, sum / count AS p, toFloat64(count) AS n
+    SELECT window_end AS time, arm, least(sum, toFloat64(count)) / count AS p, toFloat64(count) AS n
     FROM {DB}.weights
     WHERE {SCOPE} AND count > 0 AND $__timeFilter(window_end)
 )
 ORDER BY time""", "timeseries", ["time", "arm", "rate", "lower", "upper"], x=0, y=8,
-                  description="Windowed statistics of each published table (sum / count), event time."),
+                  description="Windowed statistics of each published table (sum / count), event time. A table "
+                              "can hold clicks of serves not yet read; they are capped at the serves, as the "
+                              "worker's posterior caps them."),
         sql_panel("P(best) of each arm (Thompson policy output)", f"""
 SELECT window_end AS time, arm,
        toFloat64OrZero(arrayFirst(g -> g[1] = arm,
@@ -130,6 +132,19 @@ FROM {DB}.decisions
 WHERE experiment_id = '${{experiment}}' AND (entity = '${{entity}}' OR entity IS NULL)
 ORDER BY timestamp DESC LIMIT 1""", "table", ["timestamp", "verdict", "winner", "rule", "reason"],
                   x=0, y=24, w=24, h=5, fmt=1),
+        sql_panel("Offline evaluation: what other policies would have earned on this traffic", f"""
+SELECT target, estimator, estimate, lower, upper, effective_sample_size, support_deficit, n_rounds,
+       window_start, window_end, computed_at
+FROM {DB}.offline_evaluations
+WHERE {SCOPE} AND computed_at = (
+    SELECT max(computed_at) FROM {DB}.offline_evaluations WHERE {SCOPE})
+ORDER BY target, estimator""", "table",
+                  ["target", "estimator", "estimate", "lower", "upper", "effective_sample_size", "support_deficit",
+                   "n_rounds", "window_start", "window_end", "computed_at"], x=0, y=29, w=24, h=8, fmt=1,
+                  description="The sink's latest continuous off-policy evaluation (sluice sink "
+                              "--evaluate-every-hours; targets from the spec's evaluation section). A target "
+                              "whose interval lies above the live policy's would have earned more; a small "
+                              "effective sample size or a support deficit means the log says little about it."),
     ]
     return dashboard("sluice-experiment", "Sluice / experiment overview", panels, [EXPERIMENT, ENTITY])
 

@@ -8,6 +8,7 @@ import click
 from sluice.cli.dashboards import dashboards
 from sluice.cli.db import db
 from sluice.cli.demo import demo, simulate
+from sluice.cli.evaluate import evaluate, replay
 from sluice.cli.experiments import experiments
 from sluice.cli.export import export_
 from sluice.cli.report import report
@@ -39,3 +40,5 @@ main.add_command(sidecar)
 main.add_command(report)
 main.add_command(export_)
 main.add_command(dashboards)
+main.add_command(evaluate)
+main.add_command(replay)

@@ -16,9 +16,14 @@ from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
 @click.option("--instance-id", envvar="SLUICE_INSTANCE_ID", default=None,
               help="Static group member id: a sink restarted with the same id resumes at once. Unique per running sink.")
 @click.option("--stop-when-idle", type=float, default=None, metavar="SECONDS", help="Exit after this long without a message.")
+@click.option("--evaluate-every-hours", type=click.FloatRange(min=0), default=24.0, show_default=True,
+              help="Run the continuous offline evaluation of every running experiment this often (0: never); "
+                   "rows go to the offline_evaluations table.")
 @sluice_errors
-def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, stop_when_idle: float | None) -> None:
-    """Copy serves, rewards, weight tables, alerts and decisions from Kafka into ClickHouse.
+def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, stop_when_idle: float | None,
+         evaluate_every_hours: float) -> None:
+    """Copy serves, rewards, weight tables, alerts, decisions and experiment specs from Kafka
+    into ClickHouse, and run the continuous offline evaluation on its schedule.
 
     Stops cleanly on SIGTERM or Ctrl-C; a kill at any moment loses and duplicates nothing.
     """
@@ -34,8 +39,19 @@ def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, st
                             TopicNames(prefix), database=database, batch_max=batch_max, instance_id=instance_id)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     click.echo(f"sink: {prefix}.* -> {database} on {s.clickhouse_url or s.chdb_path}", err=True)
+    every = []
+    if evaluate_every_hours > 0:
+        import time
+
+        from sluice.analytics.offline import run_continuous
+
+        def evaluate() -> None:
+            n = run_continuous(client, database, now_ms=int(time.time() * 1000))
+            click.echo(f"sink: offline evaluation wrote {n} rows", err=True)
+
+        every.append((evaluate_every_hours * 3600, evaluate))
     try:
-        runner.run(stop_when_idle_s=stop_when_idle)
+        runner.run(stop_when_idle_s=stop_when_idle, every=every)
     except KeyboardInterrupt:
         pass
     click.echo(f"sink: stopped after {runner.counts.messages} messages, {runner.counts.rows_inserted} rows, "

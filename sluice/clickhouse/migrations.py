@@ -40,7 +40,7 @@ _TOKEN = "'^1[.]([0-9a-f]+)[.]([0-9a-f]+)[.]([01])[.]([A-Za-z0-9][A-Za-z0-9_.-]*
 
 # Tables whose rows expire after the configured TTL, and the column it counts from.
 TTL_TABLES = {"serves": "timestamp", "rewards": "timestamp", "weights": "computed_at", "alerts": "timestamp", "decisions": "timestamp",
-              "serves_hourly": "hour", "rewards_hourly": "hour"}
+              "serves_hourly": "hour", "rewards_hourly": "hour", "offline_evaluations": "computed_at"}
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, weight tables, alerts and decisions", (
@@ -306,6 +306,30 @@ INNER JOIN (
 ) AS w ON w.entity = h.entity
 WHERE h.hour >= w.window_start AND h.hour <= w.window_end
 GROUP BY h.experiment_id, h.entity, h.arm""",
+    )),
+    Migration(4, "offline evaluations of candidate policies, per experiment and entity", (
+        # What the continuous offline evaluation (sluice.analytics.offline) estimated each
+        # run: one row per (entity, target, estimator), with its interval and diagnostics,
+        # over the logged window [window_start, window_end).
+        """CREATE TABLE IF NOT EXISTS {db}.offline_evaluations (
+    computed_at DateTime64(3, 'UTC'),
+    experiment_id LowCardinality(String),
+    entity String,
+    spec_version UInt64,
+    window_start DateTime64(3, 'UTC'),
+    window_end DateTime64(3, 'UTC'),
+    target String,
+    estimator LowCardinality(String),
+    estimate Float64,
+    lower Float64,
+    upper Float64,
+    interval LowCardinality(String),
+    effective_sample_size Float64,
+    max_weight Float64,
+    support_deficit Float64,
+    n_rounds UInt64
+) ENGINE = MergeTree
+ORDER BY (experiment_id, entity, computed_at, target, estimator)""",
     )),
 )
 

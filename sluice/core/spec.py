@@ -14,6 +14,7 @@ the bad value and what was expected, one line per problem.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -106,6 +107,36 @@ class LayerSpec(_Frozen):
         return LayerSlice(self.name, self.start, self.end, self.num_buckets)
 
 
+_TARGET = re.compile(r"^(equal|live|published|always:.+|split:.+|policy:.+|current:.+|file:.+)$")
+
+
+class OfflineEvaluation(_Frozen):
+    """What the continuous offline evaluation estimates for each entity of the experiment:
+    `targets` (None: an equal split, each arm alone and the live policy; the syntax of
+    `sluice evaluate --target`), with `estimators`, over the last `window_days` of logs."""
+
+    targets: tuple[str, ...] | None = None
+    estimators: tuple[str, ...] = ("ips", "snips", "dr")
+    window_days: float = Field(7.0, gt=0)
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for t in targets or ():
+            if not _TARGET.match(t):
+                raise ValueError(f"target {t!r} is not one of equal, live, published, always:ARM, split:A=W,..., "
+                                 "policy:NAME[:JSON], current:NAME[:JSON], file:PATH.npy")
+        return targets
+
+    @field_validator("estimators")
+    @classmethod
+    def _known_estimators(cls, estimators: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(estimators) - {"ips", "snips", "dm", "dr", "switch-dr", "replay"})
+        if unknown or not estimators:
+            raise ValueError(f"estimators {unknown or '[]'} unknown; use ips, snips, dm, dr, switch-dr, replay")
+        return estimators
+
+
 class ExperimentSpec(_Frozen):
     """The whole definition of an experiment. Durations are in hours/days as named; use the
     `*_ms` properties for the millisecond fields of the Avro records."""
@@ -134,6 +165,7 @@ class ExperimentSpec(_Frozen):
         "advise", description="advise: Decision events only; act: a kill retires the arm for the entity, a ship "
                               "gives the winner all traffic but the holdback")
     holdback: float = Field(0.05, ge=0, lt=1, description="share of traffic a shipped winner leaves to the others")
+    evaluation: OfflineEvaluation = Field(default_factory=OfflineEvaluation)
 
     @field_validator("parameters")
     @classmethod

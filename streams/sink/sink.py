@@ -32,7 +32,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,16 +142,28 @@ class ClickHouseSink:
         self._assigned.set()
 
     # -- the loop ---------------------------------------------------------------------
-    def run(self, *, until: Callable[[], bool] | None = None, stop_when_idle_s: float | None = None) -> None:
+    def run(self, *, until: Callable[[], bool] | None = None, stop_when_idle_s: float | None = None,
+            every: Sequence[tuple[float, Callable[[], None]]] = ()) -> None:
         """Consume until `stop()` is called, `until()` says so, or (with `stop_when_idle_s`)
-        nothing arrived for that many seconds since partitions were assigned)."""
+        nothing arrived for that many seconds since partitions were assigned). `every`:
+        (interval in seconds, job) pairs run between batches, each first after one interval
+        (the continuous offline evaluation runs here: the embedded ClickHouse belongs to
+        this process). A job's failure is logged; the sink goes on."""
         last_message = time.monotonic()
+        due = [time.monotonic() + interval for interval, _ in every]
         try:
             while not self._stop.is_set() and not (until and until()):
                 if self.step() or not self._assigned.is_set():
                     last_message = time.monotonic()
                 elif stop_when_idle_s is not None and time.monotonic() - last_message > stop_when_idle_s:
                     break
+                for i, (interval, job) in enumerate(every):
+                    if time.monotonic() >= due[i]:
+                        due[i] = time.monotonic() + interval
+                        try:
+                            job()
+                        except Exception:  # noqa: BLE001 - a periodic job must not stop the sink
+                            log.exception("periodic job %s failed; it runs again in %.0f s", job, interval)
         finally:
             self.close()
 

@@ -50,6 +50,14 @@ def seeded(clickhouse):
                                            "not enough data yet", "{}", now]],
                       column_names=["event_id", "experiment_id", "entity", "verdict", "winner", "rule", "reason",
                                     "arm_actions", "timestamp"])
+    for estimator, estimate in (("snips", 0.051), ("dr", 0.049)):  # a round of the sink's continuous evaluation
+        clickhouse.insert(f"{db}.offline_evaluations",
+                          [[now, "exp", "e1", 1, now - timedelta(days=7), now, "live", estimator, estimate,
+                            estimate - 0.01, estimate + 0.01, "bootstrap", 850.0, 3.2, 0.0, 1000]],
+                          column_names=["computed_at", "experiment_id", "entity", "spec_version", "window_start",
+                                        "window_end", "target", "estimator", "estimate", "lower", "upper",
+                                        "interval", "effective_sample_size", "max_weight", "support_deficit",
+                                        "n_rounds"])
     return clickhouse, db
 
 

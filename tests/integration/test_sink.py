@@ -142,7 +142,15 @@ def test_clickhouse_decoding_gives_the_rows_and_dead_letters_of_decoding_in_pyth
         migrate(clickhouse, database=db)
         sink = ClickHouseSink(kafka_bootstrap, clickhouse, serde, names, database=db, group_id=f"{topic_prefix}-{db}",
                               batch_max=500, clickhouse_decodes=decodes)
-        sink.run(stop_when_idle_s=3)
+        runs: list[str] = []
+
+        def broken() -> None:
+            runs.append("broken")
+            raise RuntimeError("a periodic job that fails")
+
+        # Periodic jobs (the continuous offline evaluation) run between batches; one that fails does not stop the sink.
+        sink.run(stop_when_idle_s=3, every=[(0.05, lambda: runs.append("ran")), (0.05, broken)])
+        assert "ran" in runs and "broken" in runs
         assert sink.counts.rows_inserted == 3000 + 3000  # the poison messages are dead letters
         assert (sink.counts.rows_decoded_by_clickhouse > 3000) is decodes  # serves and rewards of both writers
         tables[decodes] = [clickhouse.query(f"SELECT * EXCEPT inserted_at FROM {db}.{t} ORDER BY _topic, _partition, _offset").result_rows
