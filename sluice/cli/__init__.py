@@ -16,6 +16,7 @@ from sluice.cli.sidecar import sidecar
 from sluice.cli.sink import sink
 from sluice.cli.stack import down, up
 from sluice.cli.stats import stats
+from sluice.cli.tokens import tokens
 from sluice.cli.topics import topics
 from sluice.cli.worker import worker
 
@@ -42,3 +43,4 @@ main.add_command(export_)
 main.add_command(dashboards)
 main.add_command(evaluate)
 main.add_command(replay)
+main.add_command(tokens)
