@@ -217,6 +217,12 @@ class ExperimentSpec(_Frozen):
         unknown = sorted({r.arm for r in self.health.reinstated} - set(names))
         if unknown:
             problems.append(f"health.reinstated: unknown arm(s) {unknown}; the arms are {names}")
+        unknown = sorted({r.arm for r in self.health.retired} - set(names))
+        if unknown:
+            problems.append(f"health.retired: unknown arm(s) {unknown}; the arms are {names}")
+        if any(r.arm == self.default_arm for r in self.health.retired):
+            problems.append(f"health.retired: the default arm {self.default_arm!r} cannot be retired: it is what "
+                            "units outside the experiment and a paused experiment are served")
         if traffic_threshold(self.traffic_fraction, self.num_buckets) == 0:
             problems.append(
                 f"traffic_fraction: {self.traffic_fraction} of {self.num_buckets} buckets rounds to 0 buckets; "
