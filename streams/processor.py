@@ -177,7 +177,8 @@ class Processor:
         self.max_future_ms = max_future_ms
         self.dedup_ms = dedup_ms
         self.max_message_bytes = max_message_bytes
-        self._arm_sets: dict[tuple[str, int], frozenset[str]] = {}
+        # (experiment, entity) → (spec version, the entity's view of the spec, its arm names)
+        self._views: dict[tuple[str, str], tuple[int, ExperimentSpec, frozenset[str]]] = {}
         self._partitions: dict[bytes, int] = {}
         self.states: dict[bytes, EntityState] = {}  # routing → state, for the partitions this worker owns
 
@@ -213,13 +214,14 @@ class Processor:
         if spec.entities is not None and entity not in spec.entities:
             raise _Rejected("unknown_entity", f"entity {entity!r} is not one of experiment {exp_id!r}'s entities "
                             f"{list(spec.entities)}")
+        spec, arms = self._view(spec, entity)
         if record["timestamp"] > now_ms + self.max_future_ms:
             raise _Rejected("future_timestamp", f"timestamp {record['timestamp']} is more than "
                             f"{self.max_future_ms} ms ahead of the clock ({now_ms})")
         if event.kind == SERVES_TOPIC:
-            if record["arm"] not in self._arm_set(spec):
-                raise _Rejected("unknown_arm", f"arm {record['arm']!r} is not in experiment {exp_id!r} "
-                                f"(arms {list(spec.arm_names)})")
+            if record["arm"] not in arms:
+                raise _Rejected("unknown_arm", f"arm {record['arm']!r} is not an arm of experiment {exp_id!r} "
+                                f"for entity {entity!r} (arms {list(spec.arm_names)})")
             p = record["propensity"]
             if not (0.0 < p <= 1.0):  # also false for NaN
                 raise _Rejected("invalid_propensity", f"propensity {p!r} is outside (0, 1]")
@@ -239,7 +241,7 @@ class Processor:
         except ServeTokenError as exc:
             raise _Rejected("invalid_serve_id", str(exc)) from None
         state = self.states.get(event.key)  # type: ignore[arg-type]
-        if token.arm not in self._arm_set(spec) and (state is None or token.arm not in state.arms):
+        if token.arm not in arms and (state is None or token.arm not in state.arms):
             raise _Rejected("unknown_arm", f"serve id {record['serve_id']!r} names arm {token.arm!r}, which "
                             f"experiment {exp_id!r} never had (arms {list(spec.arm_names)})")
         return record, spec, token
@@ -254,13 +256,14 @@ class Processor:
                 f"{token.in_experiment}; the serve says arm {record['arm']!r}, time {record['timestamp']}, "
                 f"in experiment {record['in_experiment']}")
 
-    def _arm_set(self, spec: ExperimentSpec) -> frozenset[str]:
-        """The arm names of `spec`, computed once per spec version (a hot-path lookup)."""
-        key = (spec.id, spec.spec_version)
-        arms = self._arm_sets.get(key)
-        if arms is None:
-            arms = self._arm_sets[key] = frozenset(spec.arm_names)
-        return arms
+    def _view(self, spec: ExperimentSpec, entity: str) -> tuple[ExperimentSpec, frozenset[str]]:
+        """The experiment as `entity` sees it (`ExperimentSpec.for_entity`) and its arm names,
+        made once per spec version (a hot-path lookup)."""
+        cached = self._views.get((spec.id, entity))
+        if cached is None or cached[0] != spec.spec_version:
+            view = spec.for_entity(entity)
+            cached = self._views[(spec.id, entity)] = (spec.spec_version, view, frozenset(view.arm_names))
+        return cached[1], cached[2]
 
     # -- the batch ------------------------------------------------------------------------
 

@@ -115,8 +115,8 @@ class SpecBook:
     def get(self, experiment_id: str) -> ExperimentSpec | None:
         return self._follower.latest.get(experiment_id.encode())
 
-    def versions(self) -> dict[str, tuple[int, str]]:
-        return {k.decode(): (s.spec_version, s.status) for k, s in list(self._follower.latest.items())}
+    def all(self) -> dict[str, ExperimentSpec]:
+        return {k.decode(): s for k, s in list(self._follower.latest.items())}
 
 
 @dataclass
@@ -164,7 +164,7 @@ class Worker:
         self.owned: set[int] = set()
         self.dirty: set[bytes] = set()
         self._judged: dict[bytes, float] = {}  # routing → monotonic time of its latest decision
-        self._spec_versions: dict[str, tuple[int, str]] = {}
+        self._specs_seen: dict[str, ExperimentSpec] = {}  # as of the last publication tick
         self._next_publish = self._next_expire = 0.0
         self._largest: dict[str, int] = defaultdict(int)
         self._stopping = False
@@ -265,14 +265,20 @@ class Worker:
     # -- publication and expiry -----------------------------------------------------------------
 
     def _note_spec_changes(self) -> None:
-        """Mark the entities of every experiment whose spec changed since the last tick."""
-        current = self.specs.versions()
-        changed = {exp for exp, v in current.items() if self._spec_versions.get(exp) != v}
-        self._spec_versions = current
-        for exp, (version, _) in current.items():
-            self.metrics.spec_version.labels(exp).set(version)
-        if changed:
-            self.dirty |= {routing for routing in self.processor.states if experiment_of(routing) in changed}
+        """Mark the entities that see their experiment changed since the last tick: a change
+        that adds an arm for one entity leaves the others' tables alone."""
+        current = self.specs.all()
+        changed = {exp: self._specs_seen.get(exp) for exp, spec in current.items()
+                   if (seen := self._specs_seen.get(exp)) is None or seen.spec_version != spec.spec_version}
+        self._specs_seen = current
+        for exp, spec in current.items():
+            self.metrics.spec_version.labels(exp).set(spec.spec_version)
+        for routing in self.processor.states:
+            exp = experiment_of(routing)
+            if exp in changed:
+                before = changed[exp]
+                if before is None or not before.same_for_entity(current[exp], entity_of(routing)):
+                    self.dirty.add(routing)
 
     def _publish(self, out: _Outbox) -> None:
         self._note_spec_changes()
@@ -285,6 +291,7 @@ class Worker:
             state = self.processor.states.get(routing)
             if spec is None or spec.status != "running" or state is None:
                 continue  # paused, stopped, draft or unknown: nothing is published
+            spec = spec.for_entity(entity_of(routing))  # its own arm set
             try:
                 self._publish_one(routing, state, spec, now_ms, out)
             except CoreInputError as exc:  # a policy or guardrail that cannot work with these inputs

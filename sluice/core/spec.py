@@ -65,6 +65,8 @@ class ArmSpec(_Frozen):
     name: str = Field(pattern=NAME_PATTERN, max_length=128)
     values: dict[str, Any] = Field(default_factory=dict, description="parameter name -> value")
     description: str = ""
+    entities: tuple[str, ...] | None = Field(
+        None, description="the entities this arm is offered to (a model trained for them); None: every entity")
 
 
 class PolicySpec(_Frozen):
@@ -207,6 +209,7 @@ class ExperimentSpec(_Frozen):
             problems.append(f"default_arm: {self.default_arm!r} is not an arm; the arms are {names}")
         if self.entities is not None and self.entity is None:
             problems.append("entities: a list of entities needs the entity field name (entity) as well")
+        problems += self._entity_scoped_arm_problems()
         try:
             self.guardrails.check_arms(names)
         except GuardrailError as exc:
@@ -246,9 +249,50 @@ class ExperimentSpec(_Frozen):
             raise ValueError(f"policy: {exc}") from exc
         return self
 
+    def _entity_scoped_arm_problems(self) -> list[str]:
+        problems = []
+        for i, arm in enumerate(self.arms):
+            if arm.entities is None:
+                continue
+            where = f"arms[{i}] ({arm.name!r}).entities"
+            if self.entity is None:
+                problems.append(f"{where}: an arm offered to some entities needs the entity field name (entity)")
+            if not arm.entities or any(not e for e in arm.entities):
+                problems.append(f"{where}: list at least one entity, each a non-empty name (or leave it out: every entity)")
+            elif len(set(arm.entities)) != len(arm.entities):
+                problems.append(f"{where}: an entity is listed twice")
+            if self.entities is not None and set(arm.entities) - set(self.entities):
+                problems.append(f"{where}: {sorted(set(arm.entities) - set(self.entities))} are not entities of the "
+                                f"experiment {list(self.entities)}")
+            if arm.name == self.default_arm:
+                problems.append(f"{where}: the default arm is served to every entity and cannot be limited to some")
+        return problems
+
     @property
     def arm_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.arms)
+
+    def arms_of(self, entity: str | None) -> tuple[str, ...]:
+        """The arms offered to `entity`: those without an entity list and those that list it."""
+        return tuple(a.name for a in self.arms if a.entities is None or entity in a.entities)
+
+    def for_entity(self, entity: str | None) -> ExperimentSpec:
+        """The experiment as one entity sees it: only the arms offered to it, with no entity
+        lists. The worker computes an entity's weights, statistics, health and decisions from
+        this view, so each works with that entity's own arm set. The same spec when no arm is
+        limited to some entities."""
+        if all(a.entities is None for a in self.arms):
+            return self
+        arms = tuple(a.model_copy(update={"entities": None}) for a in self.arms
+                     if a.entities is None or entity in a.entities)
+        return self.model_copy(update={"arms": arms})
+
+    def same_for_entity(self, other: ExperimentSpec, entity: str | None) -> bool:
+        """Whether `entity` sees the same experiment in both specs (their versions aside): a
+        change that adds an arm for another entity leaves this one's tables alone."""
+        mine = self.for_entity(entity).model_copy(update={"spec_version": 0})
+        theirs = other.for_entity(entity).model_copy(update={"spec_version": 0})
+        return mine == theirs
 
     @property
     def window_ms(self) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sluice.core.serve_token import format_serve_id
+from sluice.core.spec import spec_from_mapping
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 from sluice.kafka.dlq import read_headers
@@ -258,3 +259,29 @@ def test_a_busy_entity_never_writes_a_message_over_the_limit_and_survives_a_sigk
     largest = max(len(m.key or b"") + len(m.value or b"") for m in written)
     assert limit // 2 < largest <= limit, largest  # the serve ids of a batch were split to fit
     assert 0 < worker.metric("sluice_stream_largest_message_bytes", topic="worker-state") <= limit
+
+
+def test_an_arm_added_for_one_entity_leaves_the_other_entities_tables_alone(stream, serde) -> None:
+    worker = stream.start()
+    first = traffic_for(["site-1", "site-2"], 200, seed=11)
+    first.produce(stream.bootstrap, stream.prefix, serde)
+    wait_for_statistics(stream.bootstrap, stream.prefix, serde, expected_statistics(first, stream.specs))
+    before = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-2")]
+
+    data = bandit_spec("exp", list(RATES)).model_dump(mode="json")
+    data["arms"].append({"name": "d", "values": {"model": "m-d"}, "entities": ["site-1"]})
+    with stream.registry() as registry:
+        _, scoped = registry.apply(spec_from_mapping(data))
+    worker.wait_metric("sluice_stream_spec_version", scoped.spec_version, experiment="exp")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        table = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-1")]
+        if any(a["arm"] == "d" and a["weight"] > 0 for a in table["arms"]):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"site-1's new arm never got weight: {table['arms']}")
+    ticks = worker.metric("sluice_stream_publication_ticks_total")
+    worker.wait_metric_above("sluice_stream_publication_ticks_total", ticks + 1)
+    after = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-2")]
+    assert after["version"] == before["version"] and "d" not in {a["arm"] for a in after["arms"]}

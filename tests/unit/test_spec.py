@@ -183,3 +183,52 @@ def test_policy_parameters_are_checked_by_the_policy_registry(monkeypatch: pytes
     with pytest.raises(SpecError) as info:
         load_spec(mutate("policy: {name: static, params: {}}", "policy: {name: epsilon_greedy, params: {epsilon: 2}}"))
     assert "policy: epsilon must be in [0, 1], but 2 is given" in str(info.value)
+
+
+def scoped(**arm_c: object) -> dict:
+    """Three arms; `c` is a model some entities have (its fields from `arm_c`)."""
+    data = load_spec(MINIMAL).model_dump(mode="json")
+    data["entity"] = "advertiser"
+    data["arms"].append({"name": "c", "values": {"model": "m3", "depth": 4}, **arm_c})
+    return data
+
+
+def test_an_arm_offered_to_some_entities_is_theirs_alone() -> None:
+    spec = spec_from_mapping(scoped(entities=["acme"]))
+    assert spec.arms_of("acme") == ("control", "treatment", "c")
+    assert spec.arms_of("globex") == ("control", "treatment")
+    view = spec.for_entity("globex")
+    assert view.arm_names == ("control", "treatment") and view.spec_version == spec.spec_version
+    assert spec.for_entity("acme").arm_names == spec.arm_names
+    plain = load_spec(MINIMAL)
+    assert plain.for_entity("x") is plain  # nothing scoped: the same spec, no copy
+
+
+def test_adding_an_arm_for_one_entity_changes_nothing_the_others_see() -> None:
+    before = spec_from_mapping(scoped(entities=["acme"]))
+    after = spec_from_mapping(scoped(entities=["acme", "initech"]) | {"spec_version": 2})
+    assert before.same_for_entity(after, "globex")
+    assert before.same_for_entity(after, "acme")
+    assert not before.same_for_entity(after, "initech")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"entities": []}, "list at least one entity"),
+    ({"entities": ["acme", "acme"]}, "an entity is listed twice"),
+])
+def test_an_arm_s_entity_list_must_name_entities(change: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        spec_from_mapping(scoped(**change))
+
+
+def test_entity_lists_that_cannot_hold_are_refused() -> None:
+    no_entity = scoped(entities=["acme"])
+    del no_entity["entity"]
+    with pytest.raises(SpecError, match="needs the entity field name"):
+        spec_from_mapping(no_entity)
+    with pytest.raises(SpecError, match=r"\['globex'\] are not entities of the experiment"):
+        spec_from_mapping(scoped(entities=["globex"]) | {"entities": ["acme"]})
+    data = scoped()
+    data["arms"][0]["entities"] = ["acme"]
+    with pytest.raises(SpecError, match="the default arm is served to every entity"):
+        spec_from_mapping(data)

@@ -389,6 +389,30 @@ def test_rewards_read_before_their_serves_still_get_a_decision(serde, make) -> N
     assert record is not None and record["verdict"] in {"CONTINUE", "SHIP", "ITERATE", "KILL"}, record
 
 
+def test_an_arm_offered_to_one_entity_lives_in_that_entity_s_table_only(serde, make) -> None:
+    from streams.publisher import decision_record
+
+    data = bandit_spec("e1", ["a", "b"]).model_dump(mode="json")
+    data["arms"].append({"name": "c", "values": {"model": "m-c"}, "entities": ["x"]})
+    spec = ExperimentSpec.model_validate(data)
+    traffic = Traffic()
+    for i in range(30):
+        for entity in ("x", "y"):
+            traffic.serve("e1", entity, "ab"[i % 2], NOW - HOUR_MS + i * 1000)
+    traffic.serve("e1", "x", "c", NOW - 10)
+    traffic.serve("e1", "y", "c", NOW - 10)  # y has no model c
+    worker = make({"e1": spec})
+    result = worker.process(to_inputs(traffic, serde))
+    assert [(d.reason, d.event.key) for d in result.dead_letters] == [("unknown_arm", b"e1\x1fy")]
+    assert "for entity 'y'" in result.dead_letters[0].detail
+    tables = {e: next_weight_table(worker.processor.states[b"e1\x1f" + e.encode()], spec.for_entity(e),
+                                   b"e1\x1f" + e.encode(), NOW) for e in ("x", "y")}
+    assert set(tables["x"].weights) == {"a", "b", "c"} and tables["x"].weights["c"] > 0
+    assert set(tables["y"].weights) == {"a", "b"}
+    record = decision_record(worker.processor.states[b"e1\x1fy"], spec.for_entity("y"), b"e1\x1fy", NOW)
+    assert record is not None and {a["arm"] for a in record["arm_actions"]} == {"a", "b"}
+
+
 def test_an_entity_outside_the_specs_list_is_a_dead_letter(serde, make) -> None:
     spec = bandit_spec("e1", ["a", "b"], entities=["x"])
     traffic = Traffic()
