@@ -186,9 +186,32 @@ def publication_round(state: EntityState, spec: ExperimentSpec, routing: bytes, 
     evaluation = health.evaluate(state, spec, entity, current_weights(state))
     alerts += health.act(state, spec, entity, evaluation, now_ms)
     fixed, notes = health.pins(state, spec)
+    entering, why = entry_pins(state, spec, fixed)
+    if entering:
+        fixed = {**(fixed or dict(spec.guardrails.pins)), **entering}  # fixed weights replace the spec's pins
+        notes = [*notes, *why]
     publication = next_weight_table(state, spec, routing, now_ms, fixed=fixed, notes=notes, prior=prior)
     mark_published(state, publication)
     return Round(publication, alerts, decision, evaluation)
+
+
+def entry_pins(state: EntityState, spec: ExperimentSpec, fixed: dict[str, float] | None) -> tuple[dict[str, float], list[str]]:
+    """The arms still entering (`ArmSpec.entry`: fewer observations in the window than
+    `until_observations`) at their entry weight, unless health or a decision holds them
+    already; and a note per arm for the table's reason."""
+    for name in spec.arm_names:  # a new arm joins the state now, so its first table already holds it
+        state.arm_index(name)
+    totals = window_totals(state, spec.window_ms)
+    pins, notes = {}, []
+    for arm in spec.arms:
+        if arm.entry is None or (fixed and arm.name in fixed):
+            continue
+        seen = int(totals[state.arms.index(arm.name), COUNT])
+        if seen < arm.entry.until_observations:
+            pins[arm.name] = arm.entry.weight
+            notes.append(f"{arm.name} enters at {arm.entry.weight:g} until {arm.entry.until_observations} "
+                         f"observations ({seen} so far)")
+    return pins, notes
 
 
 def act_on_decision(state: EntityState, spec: ExperimentSpec, decision: dict[str, Any], now_ms: int) -> str:

@@ -3,8 +3,10 @@ published, and the record of what they did.
 
 Order (each step works on the output of the one before):
 
-1. **warm-up**: while any live arm has fewer than `warmup_min_observations`, the policy's
-   output is replaced by the warm-up weights (`warmup_weights`, equal by default);
+1. **warm-up**: while any free arm (live, not pinned) has fewer than
+   `warmup_min_observations`, the policy's output is replaced by the warm-up weights
+   (`warmup_weights`, equal by default); a pinned arm (a new model entering at its entry
+   weight) does not hold the others back;
 2. **kills and pins**: an arm pinned at 0 is killed (exactly 0 buckets); an arm pinned at
    p > 0 gets p (to the nearest bucket) at once, regardless of `max_step`;
 3. **renormalisation**: the remaining mass goes to the free arms (live, not pinned) in
@@ -59,7 +61,7 @@ class GuardrailConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     warmup_min_observations: int = Field(
-        0, ge=0, description="observations every live arm needs before the policy's weights are used"
+        0, ge=0, description="observations every free (unpinned) arm needs before the policy's weights are used"
     )
     warmup_weights: dict[str, float] | None = Field(
         None, description="weights during warm-up, by arm (unlisted arms get 0); None means equal"
@@ -182,7 +184,7 @@ def apply_guardrails(
         if observations is None:
             raise GuardrailError("observations are required when warmup_min_observations > 0")
         obs = _vector(observations, "observations", k)
-        short = live & (obs < config.warmup_min_observations)
+        short = free & (obs < config.warmup_min_observations)  # a pinned arm's weight is not the policy's
         if short.any():
             p = _warmup_weights(config, arms, live)
             below = f"{_list(arms, short, obs)} below {config.warmup_min_observations} observations"

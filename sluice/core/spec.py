@@ -59,6 +59,15 @@ class ParameterSpec(_Frozen):
     description: str = ""
 
 
+class EntrySpec(_Frozen):
+    """How a new arm (a newly trained model) enters: at a fixed small weight until it has
+    enough observations for the policy to judge it, so one bad model costs little traffic
+    and one lucky hour does not hand it the entity."""
+
+    weight: float = Field(0.05, gt=0, lt=1, description="its weight while it enters")
+    until_observations: int = Field(500, ge=1, description="observations (per entity) after which the policy decides")
+
+
 class ArmSpec(_Frozen):
     """One candidate: a name and a value for every declared parameter."""
 
@@ -67,6 +76,7 @@ class ArmSpec(_Frozen):
     description: str = ""
     entities: tuple[str, ...] | None = Field(
         None, description="the entities this arm is offered to (a model trained for them); None: every entity")
+    entry: EntrySpec | None = Field(None, description="a fixed small weight until it has enough observations")
 
 
 class PolicySpec(_Frozen):

@@ -148,6 +148,15 @@ def test_a_killed_arm_does_not_hold_the_warm_up_back() -> None:
     assert result.weights.tolist() == [0.9, 0.1, 0.0]
 
 
+def test_a_pinned_arm_entering_does_not_hold_the_warm_up_back() -> None:
+    """A new model pinned at its entry weight has few observations by design; the policy
+    keeps deciding the other arms' shares of the rest."""
+    config = GuardrailConfig(warmup_min_observations=100, pins={"new": 0.1})
+    result = apply_guardrails([0.8, 0.2, 0.0], config, arms=("a", "b", "new"), observations=[500, 300, 3])
+    assert result.weights.tolist() == pytest.approx([0.72, 0.18, 0.1])
+    assert "warmup" not in {a.rule for a in result.actions}
+
+
 def test_impossible_floor_is_lowered_to_an_equal_share_and_reported() -> None:
     config = GuardrailConfig(floor=0.3)
     result = apply_guardrails([0.7, 0.1, 0.1, 0.1], config, arms=("a", "b", "c", "d"))

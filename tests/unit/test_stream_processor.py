@@ -413,6 +413,31 @@ def test_an_arm_offered_to_one_entity_lives_in_that_entity_s_table_only(serde, m
     assert record is not None and {a["arm"] for a in record["arm_actions"]} == {"a", "b"}
 
 
+def test_a_new_arm_enters_at_its_entry_weight_until_it_has_enough_observations(serde, make) -> None:
+    from streams.publisher import publication_round
+
+    data = bandit_spec("e1", ["a", "b"]).model_dump(mode="json")
+    data["arms"].append({"name": "new", "values": {"model": "m-new"}, "entry": {"weight": 0.1, "until_observations": 40}})
+    spec = ExperimentSpec.model_validate(data)
+    traffic = Traffic()
+    for i in range(100):
+        sid = traffic.serve("e1", "x", "ab"[i % 2], NOW - HOUR_MS + i * 1000)
+        if i % 2 == 0:
+            traffic.reward("e1", "x", sid, 1.0, NOW - HOUR_MS + i * 1000 + 10)  # a is far better
+    worker = make({"e1": spec})
+    worker.process(to_inputs(traffic, serde))
+    state = worker.processor.states[b"e1\x1fx"]
+    entering = publication_round(state, spec, b"e1\x1fx", NOW).publication
+    assert entering.weights["new"] == pytest.approx(0.1) and entering.weights["a"] > entering.weights["b"]
+    assert "new enters at 0.1 until 40 observations (0 so far)" in entering.record["reason"]
+    judged = Traffic()
+    for i in range(40):
+        judged.serve("e1", "x", "new", NOW - 30 * 60_000 + i * 1000)  # never rewarded
+    worker.process(to_inputs(judged, serde, 10_000))
+    after = publication_round(state, spec, b"e1\x1fx", NOW).publication
+    assert after.weights["new"] < 0.1 and "enters" not in after.record["reason"]
+
+
 def test_an_entity_outside_the_specs_list_is_a_dead_letter(serde, make) -> None:
     spec = bandit_spec("e1", ["a", "b"], entities=["x"])
     traffic = Traffic()
