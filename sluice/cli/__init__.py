@@ -11,6 +11,7 @@ from sluice.cli.demo import demo, simulate
 from sluice.cli.evaluate import evaluate, replay
 from sluice.cli.experiments import experiments
 from sluice.cli.export import export_
+from sluice.cli.models import models
 from sluice.cli.report import report
 from sluice.cli.sidecar import sidecar
 from sluice.cli.sink import sink
@@ -44,3 +45,4 @@ main.add_command(dashboards)
 main.add_command(evaluate)
 main.add_command(replay)
 main.add_command(tokens)
+main.add_command(models)

@@ -22,9 +22,9 @@ from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
 @sluice_errors
 def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, stop_when_idle: float | None,
          evaluate_every_hours: float) -> None:
-    """Copy serves, rewards, weight tables, alerts, decisions, experiment specs and the control
-    API's audit log from Kafka into ClickHouse, and run the continuous offline evaluation on
-    its schedule.
+    """Copy serves, rewards, weight tables, alerts, decisions, experiment specs, the control
+    API's audit log and the model registry's changes from Kafka into ClickHouse, and run the
+    continuous offline evaluation on its schedule.
 
     Stops cleanly on SIGTERM or Ctrl-C; a kill at any moment loses and duplicates nothing.
     """

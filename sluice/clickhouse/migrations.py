@@ -351,6 +351,31 @@ ORDER BY (experiment_id, entity, computed_at, target, estimator)""",
 ORDER BY (experiment_id, timestamp)
 """ + _DEDUP,
     )),
+    Migration(6, "the model registry's history", (
+        # Every change of every model version (the models topic): registered, serving,
+        # retired and why. No TTL: when a model was trained and on what is asked long after.
+        """CREATE TABLE IF NOT EXISTS {db}.model_versions (
+    event_id String,
+    entity LowCardinality(String),
+    model_type LowCardinality(String),
+    version UInt64,
+    status LowCardinality(String),
+    trained_at DateTime64(3, 'UTC'),
+    data_start DateTime64(3, 'UTC'),
+    data_end DateTime64(3, 'UTC'),
+    rows UInt64,
+    dataset_fingerprint String,
+    feature_set LowCardinality(String),
+    feature_set_version LowCardinality(String),
+    artifact_uri String,
+    metrics Map(String, Float64),
+    source LowCardinality(String),
+    reason String,
+    updated_at DateTime64(3, 'UTC'),""" + _KAFKA_LINEAGE + """
+) ENGINE = MergeTree
+ORDER BY (entity, model_type, version, updated_at)
+""" + _DEDUP,
+    )),
 )
 
 

@@ -149,6 +149,16 @@ class OfflineEvaluation(_Frozen):
         return estimators
 
 
+class ModelArms(_Frozen):
+    """Where new models become arms: a version registered for an entity (`sluice models
+    register`) enters this experiment as an arm offered to that entity, and leaves it when
+    retired (`sluice.core.lifecycle`)."""
+
+    parameter: str = Field(min_length=1, description="the string parameter whose value names the model (its artifact URI)")
+    model_types: tuple[str, ...] | None = Field(None, description="model types taken (None: every type)")
+    entry: EntrySpec = Field(default_factory=EntrySpec, description="how a new version enters")
+
+
 class ExperimentSpec(_Frozen):
     """The whole definition of an experiment. Durations are in hours/days as named; use the
     `*_ms` properties for the millisecond fields of the Avro records."""
@@ -178,6 +188,7 @@ class ExperimentSpec(_Frozen):
                               "gives the winner all traffic but the holdback")
     holdback: float = Field(0.05, ge=0, lt=1, description="share of traffic a shipped winner leaves to the others")
     evaluation: OfflineEvaluation = Field(default_factory=OfflineEvaluation)
+    models: ModelArms | None = Field(None, description="take registered model versions as arms, per entity")
 
     @field_validator("parameters")
     @classmethod
@@ -220,6 +231,9 @@ class ExperimentSpec(_Frozen):
         if self.entities is not None and self.entity is None:
             problems.append("entities: a list of entities needs the entity field name (entity) as well")
         problems += self._entity_scoped_arm_problems()
+        if self.models is not None and declared.get(self.models.parameter) != "string":
+            problems.append(f"models.parameter: {self.models.parameter!r} must be a declared string parameter; "
+                            f"the parameters are {dict(declared)}")
         try:
             self.guardrails.check_arms(names)
         except GuardrailError as exc:

@@ -61,6 +61,11 @@ class TopicNames:
         return f"{self.prefix}.audit.v1"
 
     @property
+    def models(self) -> str:
+        """The model registry (`sluice.models`): each version's latest state, compacted."""
+        return f"{self.prefix}.models.v1"
+
+    @property
     def worker_state(self) -> str:
         """The stream workers' changelog (`streams.state`): internal, compacted."""
         return f"{self.prefix}.worker-state.v1"
@@ -102,6 +107,7 @@ def topic_specs(
         TopicSpec(names.dlq, partitions, {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)}, "rejected input, reason in headers"),
         TopicSpec(names.worker_state, partitions, compacted, "the stream workers' state changes, partitioned as the input"),
         TopicSpec(names.api_tokens, 1, compacted, "ApiToken by token id: every API instance follows the whole set"),
+        TopicSpec(names.models, 1, compacted, "ModelVersion by entity, model type and version: the model registry"),
         # An audit trail outlives the events it explains; ClickHouse keeps it without a TTL.
         TopicSpec(names.audit, 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)},
                   "AuditEvent by experiment id: who changed what through the API"),

@@ -25,6 +25,9 @@ ALERT_COLUMNS = ("event_id", "experiment_id", "entity", "arm", "kind", "severity
 DECISION_COLUMNS = ("event_id", "experiment_id", "entity", "verdict", "winner", "rule", "reason", "arm_actions", "timestamp")
 EXPERIMENT_COLUMNS = ("event_id", "experiment_id", "spec_version", "status", "arms", "default_arm", "policy",
                       "reward_type", "reward_name", "attribution_window_ms", "window_ms", "updated_at", "spec_json")
+MODEL_COLUMNS = ("event_id", "entity", "model_type", "version", "status", "trained_at", "data_start", "data_end", "rows",
+                 "dataset_fingerprint", "feature_set", "feature_set_version", "artifact_uri", "metrics", "source",
+                 "reason", "updated_at")
 AUDIT_COLUMNS = ("event_id", "request_id", "token_id", "token_name", "action", "experiment_id", "arm", "entity",
                  "before_json", "after_json", "timestamp")
 
@@ -60,6 +63,11 @@ def experiment_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
            record["updated_at"], record["spec_json"])
 
 
+def model_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """A model version's change; its status in lower case, as the registry and specs spell it."""
+    yield tuple(record["status"].lower() if c == "status" else record[c] for c in MODEL_COLUMNS)
+
+
 @dataclass(frozen=True)
 class TableRoute:
     """Where records of one schema go, and how they become rows.
@@ -84,4 +92,5 @@ ROUTES: dict[str, TableRoute] = {
     "decisions": TableRoute("Decision", "decisions", DECISION_COLUMNS, decision_rows),
     "experiments": TableRoute("ExperimentSpec", "experiments", EXPERIMENT_COLUMNS, experiment_rows),
     "audit": TableRoute("AuditEvent", "audit_log", AUDIT_COLUMNS, _flat(AUDIT_COLUMNS)),
+    "models": TableRoute("ModelVersion", "model_versions", MODEL_COLUMNS, model_rows),
 }
