@@ -172,3 +172,26 @@ def retire(entity: str, model_type: str, version: int, reason: str, prefix: str,
     click.echo(f"retired {v.entity}/{v.model_type} v{v.version}: {reason}")
     for c in left:
         click.echo(f"  {c.text}")
+
+
+@models.command()
+@PREFIX
+@sluice_errors
+def follow(prefix: str) -> None:
+    """Keep the registry in step with decisions (a long-running service): a version whose
+    arm a decision retired, or that a newer winner of its type replaced, is retired and
+    leaves its entity's arms. Stops on SIGTERM or Ctrl-C."""
+    import logging
+
+    from sluice.avro import SchemaSet, SingleObjectSerde
+    from sluice.cli._common import sigterm_unwinds
+
+    from services.lifecycle import LifecycleFollower
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sigterm_unwinds()
+    follower = LifecycleFollower(bootstrap_or_fail(settings()), prefix, SingleObjectSerde(SchemaSet.bundled()))
+    try:
+        follower.run()
+    except KeyboardInterrupt:
+        pass

@@ -13,11 +13,67 @@ are the default arm's, with the model parameter set to the version's artifact UR
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from sluice.core.spec import ExperimentSpec, SpecError, spec_from_mapping
+
+DAY_MS = 86_400_000
+# How a Decision's `changes` names an arm the worker retired for its entity
+# (`streams.publisher.act_on_decision` writes "retired <arm> for '<entity>' (<why>)").
+_RETIRED = re.compile(r"retired (\S+) for ")
 
 
 def arm_name(model_type: str, version: int) -> str:
     return f"{model_type}-v{version}"
+
+
+def parse_arm(name: str) -> tuple[str, int] | None:
+    """(model type, version) of a version's arm name, None for other arms."""
+    model_type, sep, number = name.rpartition("-v")
+    return (model_type, int(number)) if sep and model_type and number.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """A model version a decision retires for its entity, and why."""
+
+    entity: str
+    model_type: str
+    version: int
+    reason: str
+
+
+def retirements(decision: Mapping[str, object], spec: ExperimentSpec, entered_at_ms: Mapping[str, int],
+                now_ms: int) -> list[Retirement]:
+    """The model versions a Decision record retires for its entity:
+
+    - every version whose arm the decision retired (a KILL or a losing arm under `decisions:
+      act`), as its `changes` say;
+    - on SHIP of a version that has served `models.replace_after_days` or longer (since
+      `entered_at_ms[arm]`), the older versions of its type still offered to the entity.
+    """
+    entity = decision.get("entity")
+    if spec.models is None or not isinstance(entity, str):
+        return []
+    verdict, rule = decision.get("verdict"), decision.get("rule")
+    out = []
+    for arm in _RETIRED.findall(str(decision.get("changes") or "")):
+        parsed = parse_arm(arm)
+        if parsed is not None:
+            out.append(Retirement(entity, *parsed, f"its arm {arm} was retired by a {verdict} decision ({rule})"))
+    winner = decision.get("winner")
+    parsed = parse_arm(winner) if verdict == "SHIP" and isinstance(winner, str) else None
+    if parsed is not None and winner in entered_at_ms and winner in spec.arms_of(entity):
+        served_days = (now_ms - entered_at_ms[winner]) / DAY_MS
+        if served_days >= spec.models.replace_after_days:
+            for arm in spec.arms_of(entity):
+                older = parse_arm(arm)
+                if older is not None and older[0] == parsed[0] and older[1] < parsed[1]:
+                    out.append(Retirement(entity, *older, f"replaced by {winner}, which won ({rule}) after "
+                                                          f"serving {served_days:.1f} days"))
+    return out
 
 
 def next_arm_version(specs: list[ExperimentSpec], model_type: str) -> int:

@@ -157,6 +157,8 @@ class ModelArms(_Frozen):
     parameter: str = Field(min_length=1, description="the string parameter whose value names the model (its artifact URI)")
     model_types: tuple[str, ...] | None = Field(None, description="model types taken (None: every type)")
     entry: EntrySpec = Field(default_factory=EntrySpec, description="how a new version enters")
+    replace_after_days: float = Field(
+        3.0, ge=0, description="a version that wins (SHIP) after serving this long retires the older ones of its type")
 
 
 class ExperimentSpec(_Frozen):

@@ -112,3 +112,38 @@ def test_a_registered_version_enters_for_its_entity_and_leaves_when_retired(kafk
     deadline = time.monotonic() + 60
     sink.run(until=lambda: len(clickhouse.query(history).result_rows) >= 3 or time.monotonic() > deadline)
     assert [r[0] for r in clickhouse.query(history).result_rows] == ["candidate", "serving", "retired"]
+
+
+def test_a_version_a_decision_retired_is_retired_in_the_registry_and_leaves_its_entity(
+        kafka_bootstrap, topic_prefix, serde) -> None:
+    from services.lifecycle import LifecycleFollower
+    from sluice.kafka.io import AvroProducer
+    from sluice.models import ModelVersion, offer
+
+    names = TopicNames(topic_prefix)
+    ensure_topics(kafka_bootstrap, topic_specs(names, partitions=1))
+    with ExperimentRegistry(kafka_bootstrap, topic_prefix, serde) as experiments, \
+            ModelRegistry(kafka_bootstrap, topic_prefix, serde) as registry:
+        experiments.apply(ranking_spec())
+        v = registry.register(ModelVersion("site-1", "gbdt", 5, 0, 0, 0, 10, "sha256:aa", "clicks", "3", "s3://m/5"))
+        assert [c.text for c in offer(experiments, [v])] == [
+            "gbdt-v5 enters ranking for 'site-1' at 0.05 until 500 observations"]
+        registry.set_status("site-1", "gbdt", 5, "serving", "entered ranking")
+    decision = {"event_id": str(uuid.uuid4()), "experiment_id": "ranking", "entity": "site-1", "verdict": "KILL",
+                "winner": None, "rule": "futility", "reason": "gbdt-v5 cannot win",
+                "arm_actions": [{"arm": "gbdt-v5", "action": "STOP", "reason": "worse than baseline"}],
+                "statistics": [], "changes": "retired gbdt-v5 for 'site-1' (worse than baseline)",
+                "timestamp": int(time.time() * 1000)}
+    producer = AvroProducer(kafka_bootstrap, serde)
+    producer.send(names.decisions, b"ranking", "Decision", decision)
+    producer.flush()
+
+    follower = LifecycleFollower(kafka_bootstrap, topic_prefix, serde)
+    deadline = time.monotonic() + 60
+    follower.run(until=lambda: bool(follower.handled) or time.monotonic() > deadline)
+    assert follower.handled == ["retired site-1/gbdt v5: its arm gbdt-v5 was retired by a KILL decision (futility)",
+                                "gbdt-v5 leaves ranking for 'site-1'"]
+    with ModelRegistry(kafka_bootstrap, topic_prefix, serde) as registry, \
+            ExperimentRegistry(kafka_bootstrap, topic_prefix, serde) as experiments:
+        assert registry.get("site-1", "gbdt", 5).status == "retired"
+        assert "gbdt-v5" not in experiments.get("ranking").arm_names

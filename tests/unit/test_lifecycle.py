@@ -92,3 +92,48 @@ def test_a_new_version_number_never_takes_an_arm_name_in_use() -> None:
     spec = spec_from_mapping(ranking())
     assert next_arm_version([spec], "gbdt") == 2  # gbdt-v1 was made by hand
     assert next_arm_version([spec], "two-tower") == 1
+
+
+def test_a_decision_that_retired_a_version_s_arm_retires_the_version() -> None:
+    from sluice.core.lifecycle import Retirement, retirements
+
+    spec = with_model_version(spec_from_mapping(ranking()), "acme", "gbdt", 7, "s3://m/gbdt/7")
+    decision = {"entity": "acme", "verdict": "KILL", "rule": "futility", "winner": None,
+                "changes": "retired gbdt-v7 for 'acme' (P(best) 0.001 < 0.01); retired baseline-x for 'acme' (...)"}
+    assert retirements(decision, spec, {}, 0) == [
+        Retirement("acme", "gbdt", 7, "its arm gbdt-v7 was retired by a KILL decision (futility)")]
+    assert retirements({**decision, "changes": None}, spec, {}, 0) == []
+
+
+def test_a_newer_version_that_won_after_serving_long_enough_retires_the_older_ones() -> None:
+    from sluice.core.lifecycle import DAY_MS, retirements
+
+    spec = with_model_version(spec_from_mapping(ranking()), "acme", "gbdt", 7, "s3://m/gbdt/7")
+    ship = {"entity": "acme", "verdict": "SHIP", "rule": "probability_best", "winner": "gbdt-v7", "changes": "shipped"}
+    young = retirements(ship, spec, {"gbdt-v7": 0}, 2 * DAY_MS)  # replace_after_days is 3
+    assert young == []
+    (old,) = retirements(ship, spec, {"gbdt-v7": 0}, 4 * DAY_MS)
+    assert (old.model_type, old.version) == ("gbdt", 1) and "replaced by gbdt-v7" in old.reason
+    assert retirements({**ship, "entity": "globex"}, spec, {"gbdt-v7": 0}, 4 * DAY_MS) == []  # v7 is not globex's
+
+
+def test_the_retired_arms_are_read_as_the_worker_writes_them() -> None:
+    """The follower reads the sentence `act_on_decision` writes; this pins the two together."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stream_support import bandit_spec
+
+    from sluice.core.lifecycle import retirements
+    from streams.publisher import act_on_decision
+    from streams.state import EntityState
+
+    data = bandit_spec("e1", ["baseline", "gbdt-v3"]).model_dump(mode="json")
+    data |= {"decisions": "act", "models": {"parameter": "model"}}
+    spec = spec_from_mapping(data)
+    decision = {"entity": "x", "verdict": "KILL", "rule": "futility", "winner": None,
+                "arm_actions": [{"arm": "gbdt-v3", "action": "STOP", "reason": "worse"},
+                                {"arm": "baseline", "action": "KEEP", "reason": "control"}]}
+    decision["changes"] = act_on_decision(EntityState(), spec, decision, 0)
+    assert [(r.model_type, r.version) for r in retirements(decision, spec, {}, 0)] == [("gbdt", 3)]
