@@ -80,8 +80,8 @@ class LifecycleFollower:
                         v = registry.get(entity, *parsed)
                     except ModelRegistryError:
                         continue  # an arm made by hand, not a registered version
-                    if v.status == "serving":
-                        entered[arm] = v.updated_at_ms
+                    if v.status == "serving" and v.serving_since_ms is not None:
+                        entered[arm] = v.serving_since_ms
                 done = []
                 for r in retirements(decision, spec, entered, now_ms):
                     try:

@@ -60,6 +60,7 @@ class ModelVersion:
     source: str = "cli"
     reason: str = "registered"
     updated_at_ms: int = 0
+    serving_since_ms: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("entity", "model_type", "feature_set", "feature_set_version", "artifact_uri",
@@ -101,14 +102,14 @@ class ModelVersion:
                 "dataset_fingerprint": self.dataset_fingerprint, "feature_set": self.feature_set,
                 "feature_set_version": self.feature_set_version, "artifact_uri": self.artifact_uri,
                 "metrics": {k: float(v) for k, v in self.metrics.items()}, "source": self.source,
-                "reason": self.reason, "updated_at": self.updated_at_ms}
+                "reason": self.reason, "serving_since": self.serving_since_ms, "updated_at": self.updated_at_ms}
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> ModelVersion:
         return cls(r["entity"], r["model_type"], r["version"], r["trained_at"], r["data_start"], r["data_end"],
                    r["rows"], r["dataset_fingerprint"], r["feature_set"], r["feature_set_version"], r["artifact_uri"],
                    dict(r["metrics"]), cast(ModelStatus, r["status"].lower()), r["source"], r["reason"],
-                   r["updated_at"])
+                   r["updated_at"], r["serving_since"])
 
 
 def model_key(entity: str, model_type: str, version: int) -> bytes:
@@ -177,7 +178,16 @@ class ModelRegistry:
         if current.status == "retired":
             raise ModelRegistryError(f"{model_type} v{version} of {entity!r} is retired ({current.reason}); "
                                      "register a new version instead")
-        changed = replace(current, status=status, reason=reason, updated_at_ms=_now_ms())
+        now = _now_ms()
+        changed = replace(current, status=status, reason=reason, updated_at_ms=now,
+                          serving_since_ms=now if status == "serving" else current.serving_since_ms)
+        self._publish(changed)
+        return changed
+
+    def annotate(self, version: ModelVersion, metrics: Mapping[str, float], reason: str) -> ModelVersion:
+        """Add metrics measured after training (a reference reward); the status stays."""
+        current = self.get(version.entity, version.model_type, version.version)
+        changed = replace(current, metrics={**current.metrics, **metrics}, reason=reason, updated_at_ms=_now_ms())
         self._publish(changed)
         return changed
 

@@ -18,6 +18,7 @@ from sluice.cli.sink import sink
 from sluice.cli.stack import down, up
 from sluice.cli.stats import stats
 from sluice.cli.tokens import tokens
+from sluice.cli.training import scheduler, trainer
 from sluice.cli.topics import topics
 from sluice.cli.worker import worker
 
@@ -46,3 +47,5 @@ main.add_command(evaluate)
 main.add_command(replay)
 main.add_command(tokens)
 main.add_command(models)
+main.add_command(scheduler)
+main.add_command(trainer)

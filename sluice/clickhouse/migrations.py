@@ -351,7 +351,7 @@ ORDER BY (experiment_id, entity, computed_at, target, estimator)""",
 ORDER BY (experiment_id, timestamp)
 """ + _DEDUP,
     )),
-    Migration(6, "the model registry's history", (
+    Migration(6, "the model registry's history and the training runs", (
         # Every change of every model version (the models topic): registered, serving,
         # retired and why. No TTL: when a model was trained and on what is asked long after.
         """CREATE TABLE IF NOT EXISTS {db}.model_versions (
@@ -371,9 +371,26 @@ ORDER BY (experiment_id, timestamp)
     metrics Map(String, Float64),
     source LowCardinality(String),
     reason String,
+    serving_since Nullable(DateTime64(3, 'UTC')),
     updated_at DateTime64(3, 'UTC'),""" + _KAFKA_LINEAGE + """
 ) ENGINE = MergeTree
 ORDER BY (entity, model_type, version, updated_at)
+""" + _DEDUP,
+        # Every attempt of every training job: how long the transformation and the training
+        # took, what it registered, and why a failed one failed.
+        """CREATE TABLE IF NOT EXISTS {db}.training_runs (
+    event_id String,
+    job_id String,
+    attempt UInt32,
+    status LowCardinality(String),
+    error Nullable(String),
+    transform_ms UInt64,
+    train_ms UInt64,
+    versions Array(String),
+    retry_at Nullable(DateTime64(3, 'UTC')),
+    finished_at DateTime64(3, 'UTC'),""" + _KAFKA_LINEAGE + """
+) ENGINE = MergeTree
+ORDER BY (job_id, attempt, finished_at)
 """ + _DEDUP,
     )),
 )

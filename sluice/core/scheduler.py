@@ -37,10 +37,12 @@ thousand entities with five model types each are planned in tens of milliseconds
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluice.core.errors import CoreInputError
 
@@ -77,7 +79,7 @@ class Policies:
     """A training policy per model type, and per-(entity, model type) overrides."""
 
     by_model_type: Mapping[str, TrainingPolicy]
-    overrides: Mapping[tuple[str, str], TrainingPolicy] = field(default_factory=dict)
+    overrides: Mapping[tuple[str, str], TrainingPolicy] = dc_field(default_factory=dict)
 
     def of(self, entity: str, model_type: str) -> TrainingPolicy:
         found = self.overrides.get((entity, model_type)) or self.by_model_type.get(model_type)
@@ -280,3 +282,58 @@ def _job(fleet: Fleet, model_type: str, feature_set: str, window: float, members
     by_worth = sorted(members, key=lambda i: -gain[i])
     return Job(model_type, feature_set, window, tuple(by_worth), int(fleet.rows[members].sum()),
                float(gain[members].sum()))
+
+
+class _RuleModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every_days: float | None = Field(None, gt=0)
+    new_rows: int | None = Field(None, ge=1)
+    reward_drop: float | None = Field(None, gt=0, le=1)
+
+    def policy(self) -> TrainingPolicy:
+        return TrainingPolicy(self.every_days, self.new_rows, self.reward_drop)
+
+
+class _OverrideModel(_RuleModel):
+    entity: str = Field(min_length=1)
+    model_type: str = Field(min_length=1)
+
+
+class _GroupingModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size_ratio: float = Field(4.0, ge=1)
+    max_group: int = Field(50, ge=1)
+    max_job_rows: int = Field(50_000_000, ge=1)
+
+
+class SchedulerConfig(BaseModel):
+    """The training policies file (`sluice scheduler --policies`): a policy per model type,
+    per-(entity, model type) overrides, what makes datasets similar, and the worth knobs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_types: dict[str, _RuleModel] = Field(min_length=1)
+    overrides: tuple[_OverrideModel, ...] = ()
+    grouping: _GroupingModel = Field(default_factory=_GroupingModel)
+    gap_share: float = Field(0.5, ge=0, le=1)
+    assumed_decay: float = Field(0.02, ge=0, le=1)
+
+    def policies(self) -> Policies:
+        return Policies({t: r.policy() for t, r in self.model_types.items()},
+                        {(o.entity, o.model_type): o.policy() for o in self.overrides})
+
+    def grouping_rules(self) -> Grouping:
+        return Grouping(self.grouping.size_ratio, self.grouping.max_group, self.grouping.max_job_rows)
+
+
+def scheduler_config(data: Mapping[str, object]) -> SchedulerConfig:
+    """Validate a parsed policies file, or raise SchedulerInputError naming each bad field."""
+    try:
+        return SchedulerConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        raise SchedulerInputError("training policies are invalid:\n  " + "\n  ".join(lines)) from None
+    except TypeError as exc:
+        raise SchedulerInputError(f"training policies must be a mapping of fields: {exc}") from None

@@ -66,6 +66,16 @@ class TopicNames:
         return f"{self.prefix}.models.v1"
 
     @property
+    def training_jobs(self) -> str:
+        """Training jobs from the scheduler, and their retries."""
+        return f"{self.prefix}.training-jobs.v1"
+
+    @property
+    def training_results(self) -> str:
+        """How each attempt of a training job ended."""
+        return f"{self.prefix}.training-results.v1"
+
+    @property
     def worker_state(self) -> str:
         """The stream workers' changelog (`streams.state`): internal, compacted."""
         return f"{self.prefix}.worker-state.v1"
@@ -108,6 +118,10 @@ def topic_specs(
         TopicSpec(names.worker_state, partitions, compacted, "the stream workers' state changes, partitioned as the input"),
         TopicSpec(names.api_tokens, 1, compacted, "ApiToken by token id: every API instance follows the whole set"),
         TopicSpec(names.models, 1, compacted, "ModelVersion by entity, model type and version: the model registry"),
+        TopicSpec(names.training_jobs, 1, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+                  "TrainingJob by job id: what the scheduler asks trainers to retrain"),
+        TopicSpec(names.training_results, 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)},
+                  "TrainingResult by job id: how every attempt ended"),
         # An audit trail outlives the events it explains; ClickHouse keeps it without a TTL.
         TopicSpec(names.audit, 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)},
                   "AuditEvent by experiment id: who changed what through the API"),

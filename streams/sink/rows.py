@@ -27,7 +27,9 @@ EXPERIMENT_COLUMNS = ("event_id", "experiment_id", "spec_version", "status", "ar
                       "reward_type", "reward_name", "attribution_window_ms", "window_ms", "updated_at", "spec_json")
 MODEL_COLUMNS = ("event_id", "entity", "model_type", "version", "status", "trained_at", "data_start", "data_end", "rows",
                  "dataset_fingerprint", "feature_set", "feature_set_version", "artifact_uri", "metrics", "source",
-                 "reason", "updated_at")
+                 "reason", "serving_since", "updated_at")
+TRAINING_COLUMNS = ("event_id", "job_id", "attempt", "status", "error", "transform_ms", "train_ms", "versions", "retry_at",
+                    "finished_at")
 AUDIT_COLUMNS = ("event_id", "request_id", "token_id", "token_name", "action", "experiment_id", "arm", "entity",
                  "before_json", "after_json", "timestamp")
 
@@ -68,6 +70,10 @@ def model_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     yield tuple(record["status"].lower() if c == "status" else record[c] for c in MODEL_COLUMNS)
 
 
+def training_rows(record: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    yield tuple(record["status"].lower() if c == "status" else record[c] for c in TRAINING_COLUMNS)
+
+
 @dataclass(frozen=True)
 class TableRoute:
     """Where records of one schema go, and how they become rows.
@@ -93,4 +99,5 @@ ROUTES: dict[str, TableRoute] = {
     "experiments": TableRoute("ExperimentSpec", "experiments", EXPERIMENT_COLUMNS, experiment_rows),
     "audit": TableRoute("AuditEvent", "audit_log", AUDIT_COLUMNS, _flat(AUDIT_COLUMNS)),
     "models": TableRoute("ModelVersion", "model_versions", MODEL_COLUMNS, model_rows),
+    "training_results": TableRoute("TrainingResult", "training_runs", TRAINING_COLUMNS, training_rows),
 }
