@@ -1,0 +1,177 @@
+"""A trainer entry point that trains something real: per entity, a logistic regression of
+the reward on the serve's logged context, fitted from the experiment's own logs on Kafka.
+
+`train(job)` is a `sluice trainer --entry services.demo_trainer:train` entry point. Where
+the logs are is deployment configuration, read from the environment: `KAFKA_BOOTSTRAP` and
+`SLUICE_TRAINING_PREFIX` (the topic prefix, default `sluice`). The data of an entity are its
+serves in the experiments whose spec takes the job's model type, over the job's window
+(event time, up to the newest serve), each labelled 1 when a reward with a positive value
+(other than a request outcome) names it.
+
+The **transformation** (what a group job does once for all its members): read the
+partitions that hold the members' keys, decode and join serves with rewards, and one-hot
+encode every context field into one vocabulary for the group. A job per entity reads its
+entity's partition and builds its vocabulary once per entity; `bench/bench_training.py`
+measures both on the same data. The **training** is per member: an L2-regularised logistic
+regression (scipy's L-BFGS), its AUC on a held-out fifth, the coefficients saved as .npz
+under `SLUICE_MODELS_DIR` (default: the temporary directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from sluice.avro import SchemaSet, SingleObjectSerde
+from sluice.core.lifecycle import takes
+from sluice.core.health import REQUEST_OUTCOME
+from sluice.experiments import ExperimentRegistry
+from sluice.kafka.clients import consumer_config, entity_key
+from sluice.kafka.partitions import partition_for_key
+from sluice.kafka.topics import TopicNames
+
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Dataset:
+    """One entity's rows: one-hot context features (with the group's vocabulary) and labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    start_ms: int
+    end_ms: int
+
+
+def transform(bootstrap: str, prefix: str, entities: list[str], model_type: str, window_days: float,
+              serde: SingleObjectSerde | None = None) -> dict[str, Dataset]:
+    """Each entity's dataset, built in one pass over the partitions that hold them."""
+    serde = serde or SingleObjectSerde(SchemaSet.bundled())
+    names = TopicNames(prefix)
+    with ExperimentRegistry(bootstrap, prefix, serde) as experiments:
+        keys = {entity_key(spec.id, e): e for spec in experiments.all() for e in entities
+                if takes(spec, e, model_type)}
+    serves, clicked = _read(bootstrap, names, keys, serde)
+    vocabulary: dict[tuple[str, str], int] = {}
+    for rows in serves.values():
+        for _, _, context in rows:
+            for item in context.items():
+                vocabulary.setdefault(item, len(vocabulary))
+    out = {}
+    for entity, rows in serves.items():
+        newest = max(t for t, _, _ in rows)
+        kept = [r for r in rows if r[0] >= newest - window_days * DAY_MS]
+        x = np.zeros((len(kept), len(vocabulary) + 1))
+        x[:, -1] = 1.0  # intercept
+        for i, (_, _, context) in enumerate(kept):
+            x[i, [vocabulary[item] for item in context.items()]] = 1.0
+        y = np.array([1.0 if sid in clicked else 0.0 for _, sid, _ in kept])
+        out[entity] = Dataset(x, y, min(t for t, _, _ in kept), newest)
+    return out
+
+
+def _read(bootstrap: str, names: TopicNames, keys: dict[bytes, str], serde: SingleObjectSerde
+          ) -> tuple[dict[str, list[tuple[int, str, dict[str, str]]]], set[str]]:
+    """Serves (time, serve id, context) per entity, and the serve ids with a positive reward,
+    from the partitions of `keys`, read to their end as of now."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(consumer_config(bootstrap, group_id="sluice-demo-trainer-unused"))
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        wanted = []
+        for topic in (names.serves, names.rewards):
+            n = len(metadata.topics[topic].partitions)
+            for p in sorted({partition_for_key(k, n) for k in keys}):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    wanted.append((TopicPartition(topic, p, low), high))
+        consumer.assign([tp for tp, _ in wanted])
+        ends = {(tp.topic, tp.partition): high for tp, high in wanted}
+        serves: dict[str, list[tuple[int, str, dict[str, str]]]] = {e: [] for e in keys.values()}
+        clicked: set[str] = set()
+        while ends:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.1):
+                if msg.error() is not None:
+                    continue
+                tp = (msg.topic(), msg.partition())
+                if tp not in ends:
+                    continue
+                if msg.offset() + 1 >= ends[tp]:
+                    del ends[tp]
+                entity = keys.get(msg.key())
+                if entity is None:
+                    continue
+                try:
+                    record = serde.decode(msg.value()).record
+                except Exception:  # noqa: BLE001 - what the worker dead-letters is no training data either
+                    continue
+                if msg.topic() == names.serves:
+                    serves[entity].append((record["timestamp"], record["serve_id"], dict(record["context"])))
+                elif record["value"] > 0 and record["name"] != REQUEST_OUTCOME:
+                    clicked.add(record["serve_id"])
+        return {e: rows for e, rows in serves.items() if rows}, clicked
+    finally:
+        consumer.close()
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
+    """Coefficients of an L2-regularised logistic regression (the intercept, last, unpenalised)."""
+    penalty = np.full(x.shape[1], l2)
+    penalty[-1] = 0.0
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ w
+        p = 1.0 / (1.0 + np.exp(-z))
+        value = np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(penalty * w * w)
+        return float(value), x.T @ (p - y) + penalty * w
+
+    return minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
+
+
+def auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve (the rank statistic; NaN without both labels)."""
+    pos, neg = scores[y == 1], scores[y == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]))) + 1.0
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def train(job: dict[str, Any]) -> dict[str, Any]:
+    """The entry point: transform once for the group, fit one model per member."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        raise RuntimeError("the demo trainer reads the logs from Kafka: set KAFKA_BOOTSTRAP")
+    prefix = os.environ.get("SLUICE_TRAINING_PREFIX", "sluice")
+    out_dir = Path(os.environ.get("SLUICE_MODELS_DIR", tempfile.gettempdir())) / "sluice-models"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entities = [m["entity"] for m in job["members"]]
+    started = time.perf_counter()
+    data = transform(bootstrap, prefix, entities, job["model_type"], job["window_days"])
+    transform_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    models = []
+    for entity in entities:
+        d = data.get(entity)
+        if d is None or len(d.y) < 10:
+            raise RuntimeError(f"entity {entity!r} has {0 if d is None else len(d.y)} serves in the window; "
+                               "too few to train on")
+        holdout = np.arange(len(d.y)) % 5 == 0
+        w = fit_logistic(d.x[~holdout], d.y[~holdout])
+        fingerprint = hashlib.sha256(d.x.tobytes() + d.y.tobytes()).hexdigest()
+        path = out_dir / f"{job['model_type']}-{entity}-{job['job_id']}.npz"
+        np.savez(path, coefficients=w)
+        models.append({"entity": entity, "artifact_uri": path.as_uri(), "rows": int(len(d.y)),
+                       "data_start_ms": d.start_ms, "data_end_ms": d.end_ms, "dataset_fingerprint": f"sha256:{fingerprint}",
+                       "metrics": {"auc": auc(d.x[holdout] @ w, d.y[holdout]), "positive_rate": float(d.y.mean())}})
+    return {"transform_ms": round(transform_ms), "train_ms": round((time.perf_counter() - started) * 1000),
+            "models": models}
