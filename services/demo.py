@@ -38,6 +38,7 @@ from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 from sluice.kafka.dlq import read_headers
 from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.kafka.security import KafkaSecurity
 from sluice.local.kafka import free_loopback_ports, stop_pid
 from sluice.local.stack import start_kafka, stop_kafka
 from services.assignments import SidecarAssignments
@@ -119,12 +120,12 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
     children: list[Child] = []
     status = start_kafka(settings)
     try:
-        bootstrap = status.bootstrap
+        bootstrap, security = status.bootstrap, status.security
         where = f"started in {status.ready_after_s:.1f} s" if status.started_broker else "already running"
         console.print(f"Kafka at {bootstrap} ({where}); topics {names.prefix}.*; ClickHouse (embedded) in {home}")
-        ensure_topics(bootstrap, topic_specs(names, partitions=settings.sluice_topic_partitions),
+        ensure_topics(bootstrap, topic_specs(names, partitions=settings.sluice_topic_partitions), security=security,
                       replication_factor=settings.sluice_replication_factor)
-        with ExperimentRegistry(bootstrap, names.prefix, serde) as registry:
+        with ExperimentRegistry(bootstrap, names.prefix, serde, security=security) as registry:
             for spec in specs.values():
                 registry.apply(spec)
         metrics_port, sidecar_port = free_loopback_ports(2)
@@ -138,8 +139,9 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         children += [worker, sink, sidecar]
         (home / "children.pids").write_text("".join(f"{c.name} {c.proc.pid}\n" for c in children))
 
-        producer = AvroProducer(bootstrap, serde, **{"linger.ms": 20})
-        tables = CompactedTopicFollower(bootstrap, names.weights, lambda v: serde.decode(v, "WeightTable").record).start()
+        producer = AvroProducer(bootstrap, serde, security=security, **{"linger.ms": 20})
+        tables = CompactedTopicFollower(bootstrap, names.weights, lambda v: serde.decode(v, "WeightTable").record,
+                                        security=security).start()
         _wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", sidecar)
         assignments = SidecarAssignments(f"http://127.0.0.1:{sidecar_port}")
         simulator = Simulator(specs, scenario, assignments, producer, names)
@@ -170,10 +172,10 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         del producer, simulator  # its Kafka client closes before the broker may stop
         worker.stop()
         console.print("waiting for the sink to land the last rows ...")
-        if not _caught_up(bootstrap, f"{names.prefix}-clickhouse-sink", [names.serves, names.rewards], 120):
+        if not _caught_up(bootstrap, security, f"{names.prefix}-clickhouse-sink", [names.serves, names.rewards], 120):
             raise RuntimeError(f"the sink did not catch up within 120 s; see {sink.log_path}")
         sink.stop()
-        summary = _summary(bootstrap, names, home, tally, scenario, specs, serde, start_ms)
+        summary = _summary(bootstrap, security, names, home, tally, scenario, specs, serde, start_ms)
         _print_summary(console, summary)
         summary["offline"] = _offline_evaluation(home, specs, console)
         if options.summary_json is not None:
@@ -218,14 +220,14 @@ def _drain(worker: Child, port: int, console: Console, timeout_s: float = 120.0)
         console.print(f"[yellow]the worker still had input to read after {timeout_s:.0f} s; see {worker.log_path}[/]")
 
 
-def _caught_up(bootstrap: str, group: str, topics: list[str], timeout_s: float) -> bool:
+def _caught_up(bootstrap: str, security: KafkaSecurity, group: str, topics: list[str], timeout_s: float) -> bool:
     """True once `group` has committed the end offset of every partition of `topics`."""
     from confluent_kafka import Consumer, TopicPartition
 
     from sluice.kafka.clients import consumer_config
     from sluice.kafka.io import watermarks
 
-    consumer = Consumer(consumer_config(bootstrap, group))  # never subscribes: reads the group's offsets only
+    consumer = Consumer(consumer_config(bootstrap, group, security))  # never subscribes: reads the group's offsets only
     try:
         meta = consumer.list_topics(timeout=10)
         tps = [TopicPartition(t, p) for t in topics for p in meta.topics[t].partitions]
@@ -241,8 +243,8 @@ def _caught_up(bootstrap: str, group: str, topics: list[str], timeout_s: float) 
         consumer.close()
 
 
-def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenario: Scenario, specs: dict[str, Any],
-             serde: Any, start_ms: int) -> dict[str, Any]:
+def _summary(bootstrap: str, security: KafkaSecurity, names: TopicNames, home: Path, tally: Tally, scenario: Scenario,
+             specs: dict[str, Any], serde: Any, start_ms: int) -> dict[str, Any]:
     from sluice.clickhouse import connect
 
     client = connect(path=home / "clickhouse")
@@ -254,20 +256,20 @@ def _summary(bootstrap: str, names: TopicNames, home: Path, tally: Tally, scenar
     finally:
         client.close()
     letters: Counter[str] = Counter()
-    for m in read_to_end(bootstrap, [names.dlq]):
+    for m in read_to_end(bootstrap, [names.dlq], security=security):
         h = read_headers(m.headers)
         letters[f"{h.get('sluice.rejected.by', '?')}: {h.get('sluice.reason', '?').split(':')[0]}"] += 1
     tables, ends = {}, {}
-    for m in read_to_end(bootstrap, [names.weights]):
+    for m in read_to_end(bootstrap, [names.weights], security=security):
         rec = serde.decode(m.value, "WeightTable").record
         tables[(rec["experiment_id"], rec["entity"])] = rec
         ends[(rec["experiment_id"], rec["entity"], rec["version"])] = rec["window_end"]
     verdicts = {}
-    for m in read_to_end(bootstrap, [names.decisions]):
+    for m in read_to_end(bootstrap, [names.decisions], security=security):
         d = serde.decode(m.value, "Decision").record
         verdicts[f"{d['experiment_id']}/{d['entity']}"] = {k: d[k] for k in ("verdict", "rule", "winner", "reason", "changes")}
     alerts = []
-    for m in read_to_end(bootstrap, [names.alerts]):
+    for m in read_to_end(bootstrap, [names.alerts], security=security):
         a = serde.decode(m.value, "Alert").record
         # The simulated time of an alert: the newest event time of the table it came with.
         end = ends.get((a["experiment_id"], a["entity"] or "", (a["weights_version"] or 0) + 1))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -64,6 +65,19 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         default=None,
         description="host:port of an existing Kafka cluster; when set, nothing is started locally.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How clients reach KAFKA_BOOTSTRAP: PLAINTEXT, or SASL_SSL (TLS, and a SCRAM user's credentials).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = Field(
+        default="SCRAM-SHA-512", description="The SCRAM mechanism of KAFKA_SASL_USERNAME, with SASL_SSL.",
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SCRAM user name, with SASL_SSL.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SCRAM password, with SASL_SSL.")
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the brokers' certificates; unset = the system's trust store.",
     )
     clickhouse_url: str | None = Field(
         default=None,

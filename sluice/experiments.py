@@ -23,6 +23,7 @@ from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.core.spec import ExperimentSpec, spec_from_mapping, spec_from_record
 from sluice.errors import SluiceError
 from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 
 
@@ -97,13 +98,13 @@ def with_retirement(current: ExperimentSpec, arm: str, entity: str | None, at_ms
 class ExperimentRegistry:
     """Reads the experiments topic once at open, publishes through a confirming producer."""
 
-    def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None) -> None:
+    def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None, *,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self.topic = TopicNames(prefix).experiments
-        self._bootstrap = bootstrap
         self._serde = serde or SingleObjectSerde(SchemaSet.bundled())
-        self._producer = AvroProducer(bootstrap, self._serde)
+        self._producer = AvroProducer(bootstrap, self._serde, security=security)
         self._specs: dict[str, ExperimentSpec] = {}
-        for msg in read_to_end(bootstrap, [self.topic]):
+        for msg in read_to_end(bootstrap, [self.topic], security=security):
             if msg.key is None:
                 continue
             if msg.value is None:

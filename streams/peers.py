@@ -16,15 +16,16 @@ from sluice.avro import SingleObjectSerde
 from sluice.core.posteriors import BetaPrior, pooled_beta_prior
 from sluice.core.spec import ExperimentSpec
 from sluice.kafka.follower import CompactedTopicFollower
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 
 
 class PeerStatistics:
     """Follows the weights topic: (experiment, entity) → arm → (count, sum) of its latest table."""
 
-    def __init__(self, bootstrap: str, topic: str, serde: SingleObjectSerde) -> None:
+    def __init__(self, bootstrap: str, topic: str, serde: SingleObjectSerde, *, security: KafkaSecurity = PLAINTEXT) -> None:
         self._serde = serde
         self._follower: CompactedTopicFollower[tuple[str, str, dict[str, tuple[float, float]]]] = \
-            CompactedTopicFollower(bootstrap, topic, self._decode)
+            CompactedTopicFollower(bootstrap, topic, self._decode, security=security)
 
     def _decode(self, value: bytes) -> tuple[str, str, dict[str, tuple[float, float]]]:
         table = self._serde.decode(value, "WeightTable").record

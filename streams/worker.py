@@ -40,6 +40,7 @@ from sluice.errors import SluiceError
 from sluice.kafka.dlq import dead_letter_headers
 from sluice.kafka.follower import CompactedTopicFollower
 from sluice.kafka.partitions import partition_for_key
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 from sluice.kafka.transactions import (
     GroupConsumer,
@@ -69,6 +70,7 @@ class WorkerConfig:
     """How a worker runs; `sluice worker` fills it from options and the environment."""
 
     bootstrap: str
+    security: KafkaSecurity = PLAINTEXT
     prefix: str = "sluice"
     data_dir: Path = Path(".data/worker")
     publish_interval_s: float = 1.0
@@ -96,9 +98,10 @@ class WorkerConfig:
 class SpecBook:
     """The live experiment specs, followed from the compacted experiments topic."""
 
-    def __init__(self, bootstrap: str, topic: str, serde: SingleObjectSerde) -> None:
+    def __init__(self, bootstrap: str, topic: str, serde: SingleObjectSerde, *, security: KafkaSecurity = PLAINTEXT) -> None:
         self._serde = serde
-        self._follower: CompactedTopicFollower[ExperimentSpec] = CompactedTopicFollower(bootstrap, topic, self._decode)
+        self._follower: CompactedTopicFollower[ExperimentSpec] = CompactedTopicFollower(bootstrap, topic, self._decode,
+                                                                                        security=security)
 
     def _decode(self, value: bytes) -> ExperimentSpec:
         record = self._serde.decode(value, "ExperimentSpec").record
@@ -142,18 +145,18 @@ class Worker:
         self.names = TopicNames(config.prefix)
         self.serde = serde
         self.metrics = metrics
-        self.specs = SpecBook(config.bootstrap, self.names.experiments, serde)
-        self.peers = PeerStatistics(config.bootstrap, self.names.weights, serde)
+        self.specs = SpecBook(config.bootstrap, self.names.experiments, serde, security=config.security)
+        self.peers = PeerStatistics(config.bootstrap, self.names.weights, serde, security=config.security)
         self.kind_of = {self.names.serves: SERVES_TOPIC, self.names.rewards: REWARDS_TOPIC}
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(config.data_dir / "state", cache_bytes=config.cache_bytes,
                                 write_buffer_bytes=config.write_buffer_bytes)
         self.consumer = GroupConsumer(config.bootstrap, config.group_id, [self.names.serves, self.names.rewards],
-                                      instance_id=config.instance_id, session_timeout_s=config.session_timeout_s,
+                                      security=config.security, instance_id=config.instance_id, session_timeout_s=config.session_timeout_s,
                                       prefetch_bytes=config.prefetch_bytes, on_assign=self._on_assign,
                                       on_revoke=self._on_revoke)
         self.producer = TransactionalProducer(config.bootstrap, f"{config.group_id}-{self._worker_id()}",
-                                              timeout_s=config.transaction_timeout_s)
+                                              security=config.security, timeout_s=config.transaction_timeout_s)
         self.partitions = self.consumer.partitions(self.names.serves)
         if self.consumer.partitions(self.names.rewards) != self.partitions:
             raise WorkerError(f"{self.names.rewards} must have the partitions of {self.names.serves} "
@@ -250,14 +253,14 @@ class Worker:
         """Bring the local store of `partition` up to the changelog's committed end."""
         topic = self.names.worker_state
         checkpoint = self.store.checkpoint(partition)
-        end = end_offset(self.config.bootstrap, topic, partition)
+        end = end_offset(self.config.bootstrap, topic, partition, security=self.config.security)
         if checkpoint >= end:  # the changelog is younger than our copy (a recreated topic): start over
             log.warning("changelog %s[%d] ends at %d, before our checkpoint %d: reading it from the start",
                         topic, partition, end, checkpoint)
             self.store.forget([r for r in self.store.routings() if self.partition_of(r) == partition], [partition])
             checkpoint = -1
         applied = 0
-        for records in read_partition(self.config.bootstrap, topic, partition, checkpoint + 1):
+        for records in read_partition(self.config.bootstrap, topic, partition, checkpoint + 1, security=self.config.security):
             self.store.apply([(k, v) for k, v, _ in records], {partition: records[-1][2]})
             applied += len(records)
         log.info("recovered %s[%d]: %d changelog records after offset %d", topic, partition, applied, checkpoint)

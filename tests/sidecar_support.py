@@ -41,12 +41,13 @@ def publish_table(bootstrap: str, prefix: str, serde: Any, spec: ExperimentSpec,
 class Sidecar:
     """`sluice sidecar` as a child process on a free loopback port, stopped by pid."""
 
-    def __init__(self, bootstrap: str, prefix: str, state_dir: Path, log_path: Path, *, ready_timeout: float = 10) -> None:
+    def __init__(self, bootstrap: str, prefix: str, state_dir: Path, log_path: Path, *, ready_timeout: float = 10,
+                 env: dict[str, str] | None = None) -> None:
         (self.port,) = free_loopback_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")
         self.log_path = log_path
-        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
+        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.cli", "sidecar", "--prefix", prefix, "--port", str(self.port),
              "--state-dir", str(state_dir), "--ready-timeout", str(ready_timeout)],

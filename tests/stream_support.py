@@ -26,6 +26,7 @@ from sluice.core.serve_token import ServeTokenError, format_serve_id, parse_serv
 from sluice.core.spec import ExperimentSpec, spec_from_mapping
 from sluice.kafka.clients import entity_key
 from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.local.kafka import stop_pid
 
 HOUR_MS = 3_600_000
@@ -146,10 +147,11 @@ def expected_statistics(traffic: Traffic, specs: dict[str, ExperimentSpec]) -> d
     return {k: {a: tuple(v) for a, v in arms.items() if v[0]} for k, arms in out.items()}
 
 
-def latest_tables(bootstrap: str, prefix: str, serde: Any) -> dict[tuple[str, str], dict[str, Any]]:
+def latest_tables(bootstrap: str, prefix: str, serde: Any, *,
+                  security: KafkaSecurity = PLAINTEXT) -> dict[tuple[str, str], dict[str, Any]]:
     """The newest WeightTable of every (experiment, entity) on the weights topic."""
     tables: dict[tuple[str, str], dict[str, Any]] = {}
-    for msg in read_to_end(bootstrap, [f"{prefix}.weights.v1"]):
+    for msg in read_to_end(bootstrap, [f"{prefix}.weights.v1"], security=security):
         rec = serde.decode(msg.value, "WeightTable").record
         key = (rec["experiment_id"], rec["entity"])
         if key not in tables or rec["version"] > tables[key]["version"]:

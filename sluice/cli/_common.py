@@ -11,6 +11,7 @@ import click
 
 from sluice.config import Settings
 from sluice.errors import SluiceError
+from sluice.kafka.security import KafkaSecurity
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -19,15 +20,17 @@ def settings() -> Settings:
     return Settings()
 
 
-def bootstrap_or_fail(s: Settings) -> str:
-    """The Kafka to talk to: `KAFKA_BOOTSTRAP`, or the local broker `sluice up` started."""
-    from sluice.local.stack import local_broker, running_local_broker
+def kafka_or_fail(s: Settings) -> tuple[str, KafkaSecurity]:
+    """The Kafka to talk to and how to authenticate to it: `KAFKA_BOOTSTRAP` with the
+    `KAFKA_SECURITY_PROTOCOL` / `KAFKA_SASL_*` settings, or the local broker `sluice up` started."""
+    from sluice.local.stack import configured_security, local_broker, running_local_broker
 
+    security = configured_security(s)
     if s.kafka_bootstrap:
-        return s.kafka_bootstrap
+        return s.kafka_bootstrap, security
     if running_local_broker(s) is None:
         raise click.ClickException("no Kafka: set KAFKA_BOOTSTRAP or start the local stack with `sluice up` (make up)")
-    return local_broker(s).bootstrap
+    return local_broker(s).bootstrap, security
 
 
 def sluice_errors(fn: F) -> F:

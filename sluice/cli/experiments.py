@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sluice_errors
+
+if TYPE_CHECKING:
+    from sluice.experiments import ExperimentRegistry
 
 PREFIX = click.option("--prefix", default="sluice", show_default=True, help="Topic name prefix.")
+
+
+def _registry(prefix: str) -> ExperimentRegistry:
+    """The registry of the experiments topic of `prefix` on the configured Kafka."""
+    from sluice.experiments import ExperimentRegistry
+
+    bootstrap, security = kafka_or_fail(settings())
+    return ExperimentRegistry(bootstrap, prefix, security=security)
 
 
 @click.group()
@@ -27,14 +39,13 @@ def apply(spec_file: Path, prefix: str) -> None:
     spec_version must give a higher one. An unchanged spec publishes nothing.
     """
     from sluice.core.spec import SpecError
-    from sluice.experiments import ExperimentRegistry
     from sluice.specfile import load_spec_file
 
     try:
         spec = load_spec_file(spec_file)
     except SpecError as exc:
         raise click.ClickException(str(exc)) from None
-    with ExperimentRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    with _registry(prefix) as registry:
         outcome, published = registry.apply(spec, explicit_version=_gives_version(spec_file))
     click.echo(f"{outcome}: {published.id} version {published.spec_version} ({published.status})")
 
@@ -51,9 +62,7 @@ def _gives_version(path: Path) -> bool:
 @sluice_errors
 def list_(prefix: str) -> None:
     """Every experiment on the topic, with its status, version, policy and arms."""
-    from sluice.experiments import ExperimentRegistry
-
-    with ExperimentRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    with _registry(prefix) as registry:
         specs = registry.all()
     if not specs:
         click.echo("no experiments")
@@ -70,9 +79,7 @@ def show(experiment_id: str, prefix: str) -> None:
     """The published spec of EXPERIMENT_ID, as YAML."""
     import yaml
 
-    from sluice.experiments import ExperimentRegistry
-
-    with ExperimentRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    with _registry(prefix) as registry:
         spec = registry.get(experiment_id)
     click.echo(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), nl=False)
 
@@ -82,9 +89,7 @@ def _status_command(name: str, status: str, doc: str) -> click.Command:
     @PREFIX
     @sluice_errors
     def command(experiment_id: str, prefix: str) -> None:
-        from sluice.experiments import ExperimentRegistry
-
-        with ExperimentRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+        with _registry(prefix) as registry:
             spec = registry.set_status(experiment_id, status)
         click.echo(f"{spec.id}: {spec.status} (version {spec.spec_version})")
 
@@ -107,9 +112,7 @@ def reinstate(experiment_id: str, arm: str, entity: str | None, prefix: str) -> 
     """Give ARM of EXPERIMENT_ID its traffic back after a health rollback or a decision that
     retired it (for one --entity, or all). Its health evidence starts again from now; the
     spec's new version records who was reinstated and when."""
-    from sluice.experiments import ExperimentRegistry
-
-    with ExperimentRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    with _registry(prefix) as registry:
         spec = registry.reinstate(experiment_id, arm, entity)
     where = f"entity {entity!r}" if entity else "every entity"
     click.echo(f"{spec.id}: {arm} reinstated for {where} (version {spec.spec_version})")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sigterm_unwinds, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sigterm_unwinds, sluice_errors
 
 
 @click.command()
@@ -31,7 +31,8 @@ def sidecar(prefix: str, host: str, port: int, state_dir: Path | None, ready_tim
     # the `finally` below, which delivers or spills the logged serves before exiting.
     sigterm_unwinds()
     s = settings()
-    client = SluiceClient.connect(bootstrap_or_fail(s), prefix=prefix, state_dir=state_dir or s.sluice_home / f"sidecar-{prefix}",
+    bootstrap, security = kafka_or_fail(s)
+    client = SluiceClient.connect(bootstrap, security=security, prefix=prefix, state_dir=state_dir or s.sluice_home / f"sidecar-{prefix}",
                                   ready_timeout_s=ready_timeout)
     click.echo(f"sidecar on http://{host}:{port} ({'live' if client.live else 'from snapshot' if client.ready else 'no tables yet'})",
                err=True)

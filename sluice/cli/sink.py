@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sluice_errors
 
 
 @click.command()
@@ -34,10 +34,11 @@ def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, st
     from streams.sink.sink import ClickHouseSink
 
     s = settings()
+    bootstrap, security = kafka_or_fail(s)
     client = connect(s.clickhouse_url, path=s.chdb_path)
     migrate(client, database=database, ttl_days=s.sluice_clickhouse_ttl_days)
-    runner = ClickHouseSink(bootstrap_or_fail(s), client, SingleObjectSerde(SchemaSet.bundled()),
-                            TopicNames(prefix), database=database, batch_max=batch_max, instance_id=instance_id)
+    runner = ClickHouseSink(bootstrap, client, SingleObjectSerde(SchemaSet.bundled()),
+                            TopicNames(prefix), security=security, database=database, batch_max=batch_max, instance_id=instance_id)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     click.echo(f"sink: {prefix}.* -> {database} on {s.clickhouse_url or s.chdb_path}", err=True)
     every = []

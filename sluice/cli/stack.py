@@ -25,7 +25,7 @@ def up(prefix: str) -> None:
     else:
         click.echo(f"kafka: using KAFKA_BOOTSTRAP={status.bootstrap}")
     outcomes = ensure_topics(status.bootstrap, topic_specs(TopicNames(prefix), partitions=s.sluice_topic_partitions),
-                             replication_factor=s.sluice_replication_factor)
+                             security=status.security, replication_factor=s.sluice_replication_factor)
     click.echo(f"topics: {sum(o == 'created' for o in outcomes.values())} created, {sum(o == 'unchanged' for o in outcomes.values())} unchanged")
     applied = migrate(connect(s.clickhouse_url, path=s.chdb_path), ttl_days=s.sluice_clickhouse_ttl_days)
     click.echo(f"clickhouse: {s.clickhouse_url or s.chdb_path}, migrations applied now: {applied or 'none'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sluice_errors
 
 
 @click.group()
@@ -23,7 +23,8 @@ def create(prefix: str, partitions: int | None) -> None:
 
     s = settings()
     specs = topic_specs(TopicNames(prefix), partitions=partitions or s.sluice_topic_partitions)
-    outcomes = ensure_topics(bootstrap_or_fail(s), specs, replication_factor=s.sluice_replication_factor)
+    bootstrap, security = kafka_or_fail(s)
+    outcomes = ensure_topics(bootstrap, specs, security=security, replication_factor=s.sluice_replication_factor)
     for spec in specs:
         settings_text = ", ".join(f"{k}={v}" for k, v in spec.config.items())
         click.echo(f"{outcomes[spec.name]:9}  {spec.name}  partitions={spec.partitions}  {settings_text}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sluice_errors
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:
@@ -75,11 +75,11 @@ def worker(prefix: str, data_dir: Path | None, publish_interval: float, batch_ma
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _cap_malloc_arenas()
     s = settings()
-    bootstrap = bootstrap_or_fail(s)
+    bootstrap, security = kafka_or_fail(s)
     ensure_topics(bootstrap, topic_specs(TopicNames(prefix), partitions=s.sluice_topic_partitions),
-                  replication_factor=s.sluice_replication_factor)
+                  security=security, replication_factor=s.sluice_replication_factor)
     config = WorkerConfig(
-        bootstrap=bootstrap, prefix=prefix,
+        bootstrap=bootstrap, security=security, prefix=prefix,
         data_dir=data_dir or s.sluice_home / (f"worker-{prefix}" + (f"-{instance_id}" if instance_id else "")),
         publish_interval_s=publish_interval, batch_max=batch_max, instance_id=instance_id,
         expire_interval_s=expire_interval, decision_interval_s=decision_interval,

@@ -26,6 +26,7 @@ from typing import Any
 from sluice.client.spill import SpillFile
 from sluice.errors import SluiceError
 from sluice.kafka.clients import producer_config
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class DurableDelivery:
         bootstrap: str,
         spill_path: Path,
         *,
+        security: KafkaSecurity = PLAINTEXT,
         max_spill_bytes: int = 256 * 1024 * 1024,
         delivery_timeout_s: float = 5.0,
         probe_interval_s: float = 0.5,
@@ -71,7 +73,7 @@ class DurableDelivery:
         self._replay_batch = replay_batch
         self._next_probe = 0.0
         self._producer = Producer(producer_config(
-            bootstrap,
+            bootstrap, security,
             **{"message.timeout.ms": int(delivery_timeout_s * 1000), "linger.ms": 10,
                "log_level": 2,  # "broker down" is what the spill is for, not an error to print
                **(producer_overrides or {})},

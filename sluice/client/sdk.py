@@ -1,7 +1,8 @@
 """The in-process SDK: deterministic assignments from the live weight tables, with every
 serve logged without the caller doing anything.
 
-    client = SluiceClient.connect(bootstrap, prefix="sluice", state_dir=Path("/var/lib/sluice"))
+    client = SluiceClient.connect(bootstrap, prefix="sluice", state_dir=Path("/var/lib/sluice"),
+                                  security=KafkaSecurity.from_environment())  # SASL_SSL, if configured
     a = client.assign("ranking-model-bandit", "user-42", entity="adv-1001")
     a.arm, a.values, a.propensity, a.weights_version, a.serve_id
     model = client.get("ranking.model", "user-42", entity="adv-1001").value
@@ -40,6 +41,7 @@ from sluice.core.spec import ExperimentSpec, spec_from_mapping, spec_from_record
 from sluice.errors import SluiceError
 from sluice.kafka.clients import entity_key
 from sluice.kafka.follower import CompactedTopicFollower
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 
 
@@ -186,23 +188,29 @@ class SluiceClient:
     # -- lifecycle --------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, bootstrap: str, *, prefix: str = "sluice", state_dir: Path, ready_timeout_s: float = 10.0,
-                log_serves: bool = True, max_spill_bytes: int = 256 * 1024 * 1024) -> SluiceClient:
+    def connect(cls, bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, prefix: str = "sluice", state_dir: Path,
+                ready_timeout_s: float = 10.0, log_serves: bool = True,
+                max_spill_bytes: int = 256 * 1024 * 1024) -> SluiceClient:
         """A client following `bootstrap`'s topics; waits up to `ready_timeout_s` for the full
-        read of both topics and otherwise serves from the snapshot (or defaults) meanwhile."""
+        read of both topics and otherwise serves from the snapshot (or defaults) meanwhile.
+
+        `security`: how to authenticate to a secured cluster, usually
+        `KafkaSecurity.from_environment()` (KAFKA_SECURITY_PROTOCOL and the KAFKA_SASL_* variables)."""
         from sluice.client.delivery import DurableDelivery
 
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        delivery = DurableDelivery(bootstrap, state_dir / "serves.spill", max_spill_bytes=max_spill_bytes) \
+        delivery = DurableDelivery(bootstrap, state_dir / "serves.spill", security=security, max_spill_bytes=max_spill_bytes) \
             if log_serves else None
         client = cls(prefix=prefix, state_dir=state_dir, delivery=delivery)
-        client.follow(bootstrap, ready_timeout_s)
+        client.follow(bootstrap, ready_timeout_s, security=security)
         return client
 
-    def follow(self, bootstrap: str, ready_timeout_s: float) -> bool:
-        specs = CompactedTopicFollower(bootstrap, self.names.experiments, self._decode_spec, on_update=self._on_spec)
-        tables = CompactedTopicFollower(bootstrap, self.names.weights, self._decode_table, on_update=self._on_table)
+    def follow(self, bootstrap: str, ready_timeout_s: float, *, security: KafkaSecurity = PLAINTEXT) -> bool:
+        specs = CompactedTopicFollower(bootstrap, self.names.experiments, self._decode_spec, security=security,
+                                       on_update=self._on_spec)
+        tables = CompactedTopicFollower(bootstrap, self.names.weights, self._decode_table, security=security,
+                                        on_update=self._on_table)
         self._followers = [specs.start(), tables.start()]
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="sluice-snapshot", daemon=True)
         self._snapshotter.start()

@@ -4,11 +4,15 @@ librdkafka is wrapped here and nowhere else; its errors become `KafkaAdapterErro
 """
 
 from sluice.kafka.clients import consumer_config, entity_key, producer_config
-from sluice.kafka.exceptions import KafkaAdapterError, TopicConflictError
+from sluice.kafka.exceptions import KafkaAdapterError, KafkaSecurityError, TopicConflictError
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames, TopicSpec, ensure_topics, topic_specs
 
 __all__ = [
+    "PLAINTEXT",
     "KafkaAdapterError",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "TopicConflictError",
     "TopicNames",
     "TopicSpec",

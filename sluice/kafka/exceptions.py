@@ -16,3 +16,7 @@ class TopicConflictError(KafkaAdapterError):
         super().__init__(
             "existing topics differ from Sluice's definitions (not used, not changed):\n  " + "\n  ".join(lines)
         )
+
+
+class KafkaSecurityError(KafkaAdapterError):
+    """The Kafka security settings do not fit together; the message names the variable."""

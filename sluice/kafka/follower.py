@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from sluice.kafka.clients import consumer_config
 from sluice.kafka.exceptions import KafkaAdapterError
 from sluice.kafka.io import watermarks
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class CompactedTopicFollower(Generic[V]):
         topic: str,
         decode: Callable[[bytes], V],
         *,
+        security: KafkaSecurity = PLAINTEXT,
         on_update: Callable[[bytes, V | None], None] | None = None,
         poll_timeout_s: float = 0.1,
     ) -> None:
@@ -46,6 +48,7 @@ class CompactedTopicFollower(Generic[V]):
         self.updates = 0
         self.ready = threading.Event()
         self._bootstrap = bootstrap
+        self._security = security
         self._decode = decode
         self._on_update = on_update
         self._poll_timeout_s = poll_timeout_s
@@ -71,7 +74,7 @@ class CompactedTopicFollower(Generic[V]):
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-        consumer = Consumer(consumer_config(self._bootstrap, group_id=f"follower-unused-{self.topic}",
+        consumer = Consumer(consumer_config(self._bootstrap, f"follower-unused-{self.topic}", self._security,
                                             **{"log_level": 2, "enable.partition.eof": True}))
         try:
             partitions = self._partitions(consumer)

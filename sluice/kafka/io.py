@@ -13,6 +13,7 @@ from typing import Any
 from sluice.avro import Serde
 from sluice.kafka.clients import consumer_config, producer_config
 from sluice.kafka.exceptions import KafkaAdapterError
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,10 @@ class RawMessage:
 class AvroProducer:
     """A confluent-kafka producer that encodes records with a `Serde` and confirms delivery."""
 
-    def __init__(self, bootstrap: str, serde: Serde, **overrides: Any) -> None:
+    def __init__(self, bootstrap: str, serde: Serde, *, security: KafkaSecurity = PLAINTEXT, **overrides: Any) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer(producer_config(bootstrap, **overrides))
+        self._producer = Producer(producer_config(bootstrap, security, **overrides))
         self._serde = serde
         self._failures: list[str] = []
         self.delivered = 0
@@ -70,6 +71,7 @@ def read_topics(
     topics: list[str],
     *,
     count: int | None,
+    security: KafkaSecurity = PLAINTEXT,
     timeout_s: float = 30.0,
     stop_at: dict[tuple[str, int], int] | None = None,
 ) -> list[RawMessage]:
@@ -81,7 +83,7 @@ def read_topics(
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-    consumer = Consumer(consumer_config(bootstrap, group_id="sluice-reader-unused", **{"enable.partition.eof": True}))
+    consumer = Consumer(consumer_config(bootstrap, "sluice-reader-unused", security, **{"enable.partition.eof": True}))
     try:
         metadata = consumer.list_topics(timeout=10)
         assignment = []
@@ -122,11 +124,12 @@ def read_topics(
         consumer.close()
 
 
-def read_to_end(bootstrap: str, topics: list[str], *, timeout_s: float = 30.0) -> list[RawMessage]:
+def read_to_end(bootstrap: str, topics: list[str], *, security: KafkaSecurity = PLAINTEXT,
+                timeout_s: float = 30.0) -> list[RawMessage]:
     """Read every partition of `topics` from the beginning up to its end as of the call."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(consumer_config(bootstrap, group_id="sluice-reader-unused"))
+    consumer = Consumer(consumer_config(bootstrap, "sluice-reader-unused", security))
     try:
         metadata = consumer.list_topics(timeout=10)
         ends: dict[tuple[str, int], int] = {}
@@ -141,7 +144,7 @@ def read_to_end(bootstrap: str, topics: list[str], *, timeout_s: float = 30.0) -
         consumer.close()
     if not ends:
         return []
-    return read_topics(bootstrap, topics, count=None, timeout_s=timeout_s, stop_at=ends)
+    return read_topics(bootstrap, topics, count=None, security=security, timeout_s=timeout_s, stop_at=ends)
 
 
 def watermarks(consumer: Any, tp: Any, attempts: int = 20) -> tuple[int, int]:

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sluice.kafka.clients import BrokerErrors, admin_config
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
+
 DAY_MS = 24 * 3600 * 1000
 
 Outcome = Literal["created", "unchanged"]
@@ -128,23 +131,28 @@ def topic_specs(
     ]
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec], *, replication_factor: int = 1, timeout_s: float = 30.0) -> dict[str, Outcome]:
+def ensure_topics(bootstrap: str, specs: list[TopicSpec], *, security: KafkaSecurity = PLAINTEXT, replication_factor: int = 1,
+                  timeout_s: float = 30.0) -> dict[str, Outcome]:
     """Create the missing topics of `specs`; check the existing ones against them.
 
     Returns each topic's outcome. Raises `TopicConflictError` listing every difference when
     an existing topic does not match (before creating anything), or `KafkaAdapterError`
-    when the broker cannot be reached or refuses.
+    when the broker cannot be reached or refuses (naming the cause librdkafka reported, such
+    as a failed authentication).
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
     from sluice.kafka.exceptions import KafkaAdapterError, TopicConflictError
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    errors = BrokerErrors()
+    admin = AdminClient(admin_config(bootstrap, security, error_cb=errors))
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
-        raise KafkaAdapterError(f"cannot list topics at {bootstrap}: {exc}") from exc
+        cause = errors.explain(admin)
+        raise KafkaAdapterError(f"cannot list topics at {bootstrap} (security protocol {security.protocol}): "
+                                f"{exc.args[0].str()}{': ' + cause if cause else ''}") from exc
 
     present = [s for s in specs if s.name in existing]
     conflicts: dict[str, list[str]] = {}

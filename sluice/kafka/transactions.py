@@ -17,6 +17,7 @@ from typing import Any
 
 from sluice.kafka.clients import consumer_config, producer_config
 from sluice.kafka.exceptions import KafkaAdapterError
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,15 @@ class GroupConsumer:
     topic: co-partitioned topics (same key, same partition count) meet in one process.
     `on_assign` / `on_revoke` get the partition numbers gained or lost, between batches."""
 
-    def __init__(self, bootstrap: str, group_id: str, topics: list[str], *, instance_id: str | None = None,
+    def __init__(self, bootstrap: str, group_id: str, topics: list[str], *, security: KafkaSecurity = PLAINTEXT,
+                 instance_id: str | None = None,
                  session_timeout_s: float = 15.0, prefetch_bytes: int = 4 << 20,
                  on_assign: Callable[[set[int]], None], on_revoke: Callable[[set[int]], None]) -> None:
         from confluent_kafka import Consumer
 
         self.topics = topics
         self._on_assign, self._on_revoke = on_assign, on_revoke
-        self._consumer = Consumer(consumer_config(bootstrap, group_id, **{
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, security, **{
             "partition.assignment.strategy": "range",
             "isolation.level": "read_committed",
             "session.timeout.ms": int(session_timeout_s * 1000),
@@ -114,10 +116,11 @@ class TransactionalProducer:
     its data directory): `init()` then aborts what the previous run under that id left open,
     instead of readers waiting out the transaction timeout."""
 
-    def __init__(self, bootstrap: str, transactional_id: str, *, timeout_s: float = 15.0) -> None:
+    def __init__(self, bootstrap: str, transactional_id: str, *, security: KafkaSecurity = PLAINTEXT,
+                 timeout_s: float = 15.0) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer(producer_config(bootstrap, **{
+        self._producer = Producer(producer_config(bootstrap, security, **{
             "transactional.id": transactional_id,
             "transaction.timeout.ms": int(timeout_s * 1000),
             "linger.ms": 5,
@@ -182,14 +185,14 @@ class TransactionalProducer:
             raise KafkaAdapterError(f"{fn.__name__}: {exc.args[0].str()}") from exc
 
 
-def read_partition(bootstrap: str, topic: str, partition: int, start: int, *,
+def read_partition(bootstrap: str, topic: str, partition: int, start: int, *, security: KafkaSecurity = PLAINTEXT,
                    batch: int = 10_000) -> Iterator[list[tuple[bytes | None, bytes | None, int]]]:
     """The committed records of one partition from offset `start` to its end as of the call,
     in batches of (key, value, offset). Aborted transactions are skipped; if a transaction is
     still open, this waits until it ends (at most the writer's transaction timeout)."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    reader = Consumer(consumer_config(bootstrap, f"{topic}-reader-unused", **{
+    reader = Consumer(consumer_config(bootstrap, f"{topic}-reader-unused", security, **{
         "isolation.level": "read_committed", "enable.partition.eof": True, "fetch.max.bytes": 32 << 20}))
     try:
         low, high = watermarks_of(reader, topic, partition)
@@ -214,11 +217,11 @@ def read_partition(bootstrap: str, topic: str, partition: int, start: int, *,
         reader.close()
 
 
-def end_offset(bootstrap: str, topic: str, partition: int) -> int:
+def end_offset(bootstrap: str, topic: str, partition: int, *, security: KafkaSecurity = PLAINTEXT) -> int:
     """The offset after the last record of a partition (its high watermark)."""
     from confluent_kafka import Consumer
 
-    reader = Consumer(consumer_config(bootstrap, f"{topic}-reader-unused"))
+    reader = Consumer(consumer_config(bootstrap, f"{topic}-reader-unused", security))
     try:
         return watermarks_of(reader, topic, partition)[1]
     finally:

@@ -5,6 +5,10 @@ The jars come from Maven Central through the ordinary `mvn` client
 `SLUICE_CACHE/kafka/libs`. The broker runs as one JVM
 (combined broker + controller) on 127.0.0.1, with its storage formatted in a data directory
 of its own. Readiness is a real metadata request, not a sleep.
+
+A broker may also get a SASL_SSL listener (TLS with a PEM keystore, SCRAM-SHA-512 users
+created when its storage is formatted), so the tests can run every client through the
+security a production cluster has; its own traffic stays on loopback PLAINTEXT.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sluice.errors import SluiceError
+from sluice.kafka.clients import BrokerErrors, admin_config
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 
 # Package data, so an installed `sluice up` finds them as a checkout does.
 _DATA = Path(__file__).resolve().parent / "data"
@@ -86,6 +93,53 @@ def fetch_kafka_jars(cache_dir: Path, *, quiet: bool = True) -> Path:
     return libs
 
 
+# Characters that would end a value in the storage tool's `--add-scram` syntax.
+_SCRAM_SYNTAX = re.compile(r'[,\[\]="\s]')
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A listener on `port` that only takes TLS with SCRAM-SHA-512 authentication.
+
+    `keystore` is a PEM file holding the broker's private key (PKCS#8, unencrypted) and its
+    certificate chain; the certificate must name the broker's host (127.0.0.1) as a subject
+    alternative name, since clients verify it. `users` maps SCRAM user names to passwords;
+    they are created when the storage is formatted, so they exist before the first client.
+    """
+
+    port: int
+    keystore: Path
+    users: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        if not self.keystore.is_file():
+            raise LocalStackError(f"the SASL_SSL keystore {self.keystore} is not a file: expected a PEM file "
+                                  "with the broker's private key and certificate chain")
+        if not self.users:
+            raise LocalStackError("a SASL_SSL listener needs at least one SCRAM user, or no client could connect to it")
+        for name, password in self.users.items():
+            if not name or not password or _SCRAM_SYNTAX.search(name + password):
+                raise LocalStackError(f"SCRAM user {name!r}: name and password must be non-empty, without "
+                                      "spaces, commas, brackets, quotes or '=' (kafka-storage --add-scram syntax)")
+
+    def properties(self) -> list[str]:
+        """The server.properties lines of this listener (named SASL_SSL)."""
+        return [
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+        ]
+
+    def scram_arguments(self) -> list[str]:
+        """The storage tool's arguments that create the users at format time."""
+        args = []
+        for name, password in sorted(self.users.items()):
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return args
+
+
 @dataclass
 class KafkaBroker:
     """One local KRaft broker. `start()` formats (once) and launches it; `stop()` ends it.
@@ -100,11 +154,19 @@ class KafkaBroker:
     controller_port: int = 9093
     host: str = "127.0.0.1"
     heap: str = "512m"
+    sasl_ssl: SaslSslListener | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """host:port of the SASL_SSL listener; a `LocalStackError` if the broker has none."""
+        if self.sasl_ssl is None:
+            raise LocalStackError(f"the broker in {self.data_dir} was configured without a SASL_SSL listener")
+        return f"{self.host}:{self.sasl_ssl.port}"
 
     @property
     def pid_file(self) -> Path:
@@ -116,15 +178,23 @@ class KafkaBroker:
 
     def _properties(self) -> str:
         logs = self.data_dir / "kraft-logs"
+        listeners = [f"PLAINTEXT://{self.host}:{self.port}"]
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        secured: list[str] = []
+        if self.sasl_ssl is not None:
+            listeners.append(f"SASL_SSL://{self.sasl_ssl_bootstrap}")
+            protocols += ",SASL_SSL:SASL_SSL"
+            secured = self.sasl_ssl.properties()
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
-            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://{self.host}:{self.controller_port}",
+            f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
+            *secured,
             f"log.dirs={logs}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",
@@ -159,7 +229,8 @@ class KafkaBroker:
         cluster_id = _kafka_uuid()
         # "--cluster-id=ID" in one argument: an id may start with "-", which argparse would
         # otherwise take for an option (1 run in 64 failed that way).
-        cmd = self._java_cmd(STORAGE_TOOL, "format", "--standalone", f"--cluster-id={cluster_id}", "-c", str(props))
+        scram = self.sasl_ssl.scram_arguments() if self.sasl_ssl is not None else []
+        cmd = self._java_cmd(STORAGE_TOOL, "format", "--standalone", f"--cluster-id={cluster_id}", "-c", str(props), *scram)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise LocalStackError(f"kafka-storage format failed (exit {proc.returncode}): {proc.stdout}{proc.stderr}")
@@ -214,12 +285,15 @@ def stop_pid(pid: int, *, timeout_s: float = 30.0, process: subprocess.Popen[byt
         process.wait(timeout=10)
 
 
-def wait_until_ready(bootstrap: str, *, timeout_s: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until_ready(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 60.0,
+                     process: subprocess.Popen[bytes] | None = None) -> None:
     """Poll `bootstrap` with metadata requests until a broker answers, or fail naming why."""
     from confluent_kafka.admin import AdminClient  # deferred: keep `sluice --help` fast
 
     # log_level 2: "connection refused" until the broker listens is the expected answer here.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 2})
+    errors = BrokerErrors()
+    admin = AdminClient(admin_config(bootstrap, security, error_cb=errors,
+                                     **{"socket.connection.setup.timeout.ms": 1000, "log_level": 2}))
     deadline = time.monotonic() + timeout_s
     while True:
         if process is not None and process.poll() is not None:
@@ -231,7 +305,10 @@ def wait_until_ready(bootstrap: str, *, timeout_s: float = 60.0, process: subpro
         except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
             pass
         if time.monotonic() > deadline:
-            raise LocalStackError(f"no Kafka broker answered a metadata request at {bootstrap} within {timeout_s:.0f} s")
+            cause = errors.explain(admin)
+            raise LocalStackError(f"no Kafka broker answered a metadata request at {bootstrap} "
+                                  f"(security protocol {security.protocol}) within {timeout_s:.0f} s"
+                                  f"{': ' + cause if cause else ''}")
         time.sleep(0.1)
 
 

@@ -42,6 +42,7 @@ from sluice.clickhouse import InsertRefused, insert_from_bytes
 from sluice.core.spec import SpecError
 from sluice.kafka import KafkaAdapterError, TopicNames, consumer_config, producer_config
 from sluice.kafka.dlq import dead_letter_headers
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from streams.sink.avro_blocks import BlockPlan, Segment, plan_blocks
 from streams.sink.rows import LINEAGE, ROUTES, TableRoute
 
@@ -82,6 +83,7 @@ class ClickHouseSink:
         serde: SingleObjectSerde,
         names: TopicNames = TopicNames(),
         *,
+        security: KafkaSecurity = PLAINTEXT,
         database: str = "sluice",
         group_id: str | None = None,
         instance_id: str | None = None,
@@ -112,10 +114,10 @@ class ClickHouseSink:
             # Static membership: a sink restarted under the same id gets its partitions back at
             # once, instead of waiting out the session of the process that died.
             overrides["group.instance.id"] = instance_id
-        self._consumer = Consumer(consumer_config(bootstrap, group_id or f"{names.prefix}-clickhouse-sink", **overrides))
+        self._consumer = Consumer(consumer_config(bootstrap, group_id or f"{names.prefix}-clickhouse-sink", security, **overrides))
         self._assigned = threading.Event()
         self._subscribed = False
-        self._dlq = Producer(producer_config(bootstrap))
+        self._dlq = Producer(producer_config(bootstrap, security))
         self._stop = threading.Event()
         # Fault injection for the crash tests: SIGKILL ourselves right after the n-th insert,
         # before its offsets are committed (the worst moment for duplicates).

@@ -1,4 +1,5 @@
-"""The local broker's prerequisites are named when they are missing."""
+"""The local broker's prerequisites are named when they are missing, and a SASL_SSL listener
+that could not work is refused before the broker is formatted."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.local.kafka import KafkaBroker, LocalStackError, fetch_kafka_jars
+from sluice.local.kafka import KafkaBroker, LocalStackError, SaslSslListener, fetch_kafka_jars
 
 
 def test_missing_java_is_named_with_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,3 +31,16 @@ def test_an_old_java_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     broker = KafkaBroker(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
     with pytest.raises(LocalStackError, match="version 11; Kafka 4.x needs Java 17"):
         broker.start()
+
+
+def test_a_sasl_ssl_listener_without_its_keystore_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LocalStackError, match=r"keystore \S*broker.pem is not a file"):
+        SaslSslListener(9094, tmp_path / "broker.pem", {"alice": "secret"})
+
+
+@pytest.mark.parametrize("users", [{}, {"alice": ""}, {"alice": "pass,word"}, {"al ice": "secret"}])
+def test_scram_users_the_storage_tool_cannot_take_are_refused(tmp_path: Path, users: dict[str, str]) -> None:
+    keystore = tmp_path / "broker.pem"
+    keystore.write_text("")
+    with pytest.raises(LocalStackError, match="SCRAM user"):
+        SaslSslListener(9094, keystore, users)
