@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from sluice.cli.api import api
 from sluice.cli.dashboards import dashboards
 from sluice.cli.db import db
 from sluice.cli.demo import demo, simulate
@@ -44,3 +45,4 @@ main.add_command(dashboards)
 main.add_command(evaluate)
 main.add_command(replay)
 main.add_command(tokens)
+main.add_command(api)
