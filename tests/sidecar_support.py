@@ -41,12 +41,13 @@ def publish_table(bootstrap: str, prefix: str, serde: Any, spec: ExperimentSpec,
 class Sidecar:
     """`sluice sidecar` as a child process on a free loopback port, stopped by pid."""
 
-    def __init__(self, bootstrap: str, prefix: str, state_dir: Path, log_path: Path, *, ready_timeout: float = 10) -> None:
+    def __init__(self, bootstrap: str, prefix: str, state_dir: Path, log_path: Path, *, ready_timeout: float = 10,
+                 env: dict[str, str] | None = None) -> None:
         (self.port,) = free_loopback_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")
         self.log_path = log_path
-        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
+        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.cli", "sidecar", "--prefix", prefix, "--port", str(self.port),
              "--state-dir", str(state_dir), "--ready-timeout", str(ready_timeout)],
@@ -66,10 +67,11 @@ class Sidecar:
             time.sleep(0.05)
         raise AssertionError(f"sidecar not ready within {timeout_s} s; log {self.log_path}")
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 status, text = resp.status, resp.read()
