@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.api.control import Actor, ControlPlane, VersionConflict
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
-from sluice.core.spec import ExperimentSpec, SpecError, spec_from_mapping
+from sluice.core.spec import ExperimentSpec, SpecError, spec_from_json
 from sluice.experiments import ExperimentNotFoundError
 from sluice.kafka.exceptions import KafkaAdapterError
 from sluice.metrics import ApiMetrics
@@ -293,9 +293,11 @@ class ApiApp:
 
     @staticmethod
     def _spec(body: dict[str, Any]) -> ExperimentSpec:
-        """The body validated as `sluice experiments apply` validates a spec file."""
+        """The body validated by the model and rules `sluice experiments apply` uses, with no
+        type coercion: JSON has types, so a number sent as a string is an error, as the
+        contract's schema says."""
         try:
-            return spec_from_mapping(body)
+            return spec_from_json(orjson.dumps(body))
         except SpecError as exc:
             raise BadRequest(400, str(exc), problems=list(exc.problems)) from None
 
