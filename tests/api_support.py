@@ -93,3 +93,12 @@ class ApiServer:
     def stop(self) -> None:
         stop_pid(self.proc.pid, timeout_s=20, process=self.proc)
         self._log.close()
+
+
+def contract_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """A validator of `schema` (a piece of openapi.yaml) as the server reads the contract:
+    an integer is written without a fraction (JSON Schema would take 3.0)."""
+    integers = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    kind = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=integers)
+    return kind({**schema, "components": OPENAPI["components"]})

@@ -260,9 +260,10 @@ class ApiApp:
         if body.get("id", experiment_id) != experiment_id:
             raise BadRequest(400, f"field 'id' is {body['id']!r} but the path names {experiment_id!r}; an "
                                   "experiment's id cannot change")
-        if body.get("spec_version", read_version) != read_version:
-            raise BadRequest(400, f"field 'spec_version' is {body['spec_version']!r} but If-Match says "
-                                  f"{read_version}: send the spec as you read it, or leave spec_version out")
+        given = body.get("spec_version", read_version)
+        if type(given) is not int or given != read_version:  # noqa: E721 - 3.0 and True are not versions
+            raise BadRequest(400, f"field 'spec_version' is {given!r} but If-Match says {read_version}: send "
+                                  "the spec as you read it, or leave spec_version out")
         spec = self._spec({**body, "id": experiment_id, "spec_version": read_version})
         return self._guarded(lambda: self.control.update(spec, read_version, self._actor(request)), "update")
 
