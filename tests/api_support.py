@@ -49,14 +49,19 @@ def create_token(bootstrap: str, prefix: str, name: str, scope: str) -> dict[str
 class ApiServer:
     """`sluice api` as a child process on a free loopback port, stopped by pid."""
 
-    def __init__(self, bootstrap: str, prefix: str, log_path: Path) -> None:
+    def __init__(self, bootstrap: str, prefix: str, home: Path, *args: str) -> None:
+        """`home`: its SLUICE_HOME (the embedded ClickHouse of `--results` lives there);
+        `args`: more options of `sluice api`. It runs on the embedded engine, as the sink
+        inside it is what these tests exercise."""
         (self.port,) = free_loopback_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self.log_path = home / "api.log"
+        self._log = open(self.log_path, "ab")
+        env = {k: v for k, v in os.environ.items() if k != "CLICKHOUSE_URL"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sluice.cli", "api", "--prefix", prefix, "--port", str(self.port)],
-            env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap}, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "sluice.cli", "api", "--prefix", prefix, "--port", str(self.port), *args],
+            env={**env, "KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(home)}, cwd=ROOT, stdout=self._log,
+            stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s

@@ -23,14 +23,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from services.api.control import Actor, ControlPlane, VersionConflict
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
+from sluice.analytics.results import NoResultsError, entity_results, weights_as_of
+from sluice.clickhouse import ClickHouseError
 from sluice.core.spec import ExperimentSpec, SpecError, spec_from_json
 from sluice.experiments import ExperimentNotFoundError
 from sluice.kafka.exceptions import KafkaAdapterError
@@ -63,6 +67,18 @@ class Request:
     headers: dict[str, str]
     body: dict[str, Any] | None
     actor: Actor | None
+    query: dict[str, list[str]] = field(default_factory=dict)
+
+    def query_value(self, name: str, *, required: bool = False) -> str | None:
+        """The one value of query parameter `name`; 400 if it is repeated, or missing when required."""
+        values = self.query.get(name)
+        if not values:
+            if required:
+                raise BadRequest(400, f"query parameter '{name}' is required")
+            return None
+        if len(values) > 1:
+            raise BadRequest(400, f"query parameter '{name}' is given {len(values)} times; give it once")
+        return values[0]
 
 
 @dataclass
@@ -92,6 +108,20 @@ def _if_match(headers: dict[str, str]) -> int | None:
     return int(found.group(1))
 
 
+def _moment_ms(text: str) -> int:
+    """`at` as epoch milliseconds: given as such, or as an ISO 8601 time with its timezone."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadRequest(400, f"query parameter 'at' must be epoch milliseconds or an ISO 8601 time with its "
+                              f"timezone (2026-11-30T10:00:00Z), not {text!r}")
+    return int(moment.timestamp() * 1000)
+
+
 def _only_fields(body: dict[str, Any] | None, known: tuple[str, ...]) -> dict[str, Any]:
     body = body or {}
     unknown = sorted(set(body) - set(known))
@@ -108,10 +138,14 @@ def _optional_entity(body: dict[str, Any] | None) -> str | None:
 
 
 class ApiApp:
-    """ASGI app over a `ControlPlane`."""
+    """ASGI app over a `ControlPlane`; the results routes read `clickhouse` (None: they
+    answer 503, results are off)."""
 
-    def __init__(self, control: ControlPlane, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, control: ControlPlane, registry: CollectorRegistry | None = None, *,
+                 clickhouse: Any = None, database: str = "sluice") -> None:
         self.control = control
+        self.clickhouse = clickhouse
+        self.database = database
         self.registry = registry or CollectorRegistry()
         self.metrics = ApiMetrics.create(self.registry)
         exp = "/v1/experiments/{experiment_id}"
@@ -127,6 +161,8 @@ class ApiApp:
             Route("POST", f"{exp}/stop", "write", partial(self.set_status, "stopped", "stop")),
             Route("POST", f"{exp}/arms/{{arm}}/reinstate", "write", self.reinstate),
             Route("POST", f"{exp}/arms/{{arm}}/retire", "write", self.retire),
+            Route("GET", f"{exp}/results", "read", self.results),
+            Route("GET", f"{exp}/as-of", "read", self.as_of),
         ])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -146,7 +182,8 @@ class ApiApp:
             template = route.template
             actor = self._authorize(route, headers, request_id)
             body = await self._json(receive, headers) if method in ("POST", "PUT") else None
-            request = Request(params, headers, body, actor)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            request = Request(params, headers, body, actor, query)
             # Changes wait on Kafka: off the event loop, so reads keep being answered.
             answer = route.handler(request) if route.scope is None else await asyncio.to_thread(route.handler, request)
         except BadRequest as exc:
@@ -285,7 +322,37 @@ class ApiApp:
         return self._guarded(lambda: self.control.retire(request.params["experiment_id"], request.params["arm"],
                                                          entity, self._actor(request), read_version), "retire")
 
+    def results(self, request: Request) -> Answer:
+        spec = self._guarded_read(request)
+        entity = request.query_value("entity") or ""
+        return self._read_results(lambda: entity_results(self.clickhouse, self.database, spec, entity))
+
+    def as_of(self, request: Request) -> Answer:
+        spec = self._guarded_read(request)
+        entity = request.query_value("entity") or ""
+        at_ms = _moment_ms(request.query_value("at", required=True) or "")
+        return self._read_results(lambda: weights_as_of(self.clickhouse, self.database, spec, entity, at_ms))
+
     # -- helpers ----------------------------------------------------------------------
+    def _guarded_read(self, request: Request) -> ExperimentSpec:
+        """The experiment a results route is about, once results are on."""
+        if self.clickhouse is None:
+            raise BadRequest(503, "results are off: this API was started with --no-results")
+        try:
+            return self.control.experiment(request.params["experiment_id"])
+        except ExperimentNotFoundError as exc:
+            raise BadRequest(404, str(exc)) from None
+
+    @staticmethod
+    def _read_results(read: Callable[[], dict[str, Any]]) -> Answer:
+        try:
+            return Answer(200, orjson.dumps(read(), option=orjson.OPT_SERIALIZE_NUMPY))
+        except NoResultsError as exc:
+            raise BadRequest(404, str(exc)) from None
+        except ClickHouseError as exc:
+            log.warning("results not read: %s", exc)
+            raise BadRequest(503, str(exc)) from None
+
     @staticmethod
     def _actor(request: Request) -> Actor:
         if request.actor is None:  # the route table gives every change a scope

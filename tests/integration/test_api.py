@@ -36,7 +36,8 @@ def api_module(kafka_bootstrap, serde, tmp_path_factory):
     writer = create_token(kafka_bootstrap, prefix, "release bot", "write")
     with TokenRegistry(kafka_bootstrap, prefix, serde) as registry:
         reader = registry.create("dashboard", "read")[1]
-    server = ApiServer(kafka_bootstrap, prefix, tmp_path_factory.mktemp("api") / "api.log")
+    # Without results: the audit test below runs a sink of its own on the same topics.
+    server = ApiServer(kafka_bootstrap, prefix, tmp_path_factory.mktemp("api"), "--no-results")
     server.wait_ready()
     yield server, writer, reader, prefix
     server.stop()
@@ -155,6 +156,7 @@ def test_missing_unknown_and_underscoped_tokens_change_nothing(api, kafka_bootst
     ("POST", "/v1/experiments/EXP/arms/a/retire", f"{ONE}/arms/{{arm}}/retire", None, 409, "default arm 'a' cannot be retired"),
     ("POST", "/v1/experiments/EXP/arms/b/retire", f"{ONE}/arms/{{arm}}/retire", b'{"entity": 3}', 400, "field 'entity'"),
     ("POST", "/v1/experiments/EXP/pause", f"{ONE}/pause", b'{"force": true}', 400, "field 'force' is not known"),
+    ("GET", "/v1/experiments/EXP/results", f"{ONE}/results", None, 503, "results are off"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_problem(api, method, path, template, raw, status, words) -> None:
     server, writer, _, exp = api

@@ -99,7 +99,7 @@ def api(kafka_bootstrap, tmp_path_factory):
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     ensure_topics(kafka_bootstrap, topic_specs(TopicNames(prefix), partitions=3))
     writer = create_token(kafka_bootstrap, prefix, "property tests", "write")["secret"]
-    server = ApiServer(kafka_bootstrap, prefix, tmp_path_factory.mktemp("api") / "api.log")
+    server = ApiServer(kafka_bootstrap, prefix, tmp_path_factory.mktemp("api"))
     server.wait_ready()
     status, _, _ = server.request("POST", "/v1/experiments", bandit_spec("base", ["a", "b", "c"]).model_dump(mode="json"),
                                   token=writer)
