@@ -1,4 +1,5 @@
-"""The control API: experiments over HTTP for holders of a token (`sluice api`).
+"""The control API: experiments and their results over HTTP for holders of a token
+(`sluice api`).
 
 A raw ASGI application on uvicorn, like the assignment sidecar: a route table, a JSON
 parse, a call to the control plane (`services.api.control`), an answer; `openapi.yaml`
@@ -184,7 +185,8 @@ class ApiApp:
             body = await self._json(receive, headers) if method in ("POST", "PUT") else None
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             request = Request(params, headers, body, actor, query)
-            # Changes wait on Kafka: off the event loop, so reads keep being answered.
+            # Changes wait on Kafka and results on ClickHouse: off the event loop, so other
+            # requests keep being answered meanwhile.
             answer = route.handler(request) if route.scope is None else await asyncio.to_thread(route.handler, request)
         except BadRequest as exc:
             answer = Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), headers=exc.headers)
@@ -323,18 +325,18 @@ class ApiApp:
                                                          entity, self._actor(request), read_version), "retire")
 
     def results(self, request: Request) -> Answer:
-        spec = self._guarded_read(request)
+        spec = self._results_experiment(request)
         entity = request.query_value("entity") or ""
         return self._read_results(lambda: entity_results(self.clickhouse, self.database, spec, entity))
 
     def as_of(self, request: Request) -> Answer:
-        spec = self._guarded_read(request)
+        spec = self._results_experiment(request)
         entity = request.query_value("entity") or ""
         at_ms = _moment_ms(request.query_value("at", required=True) or "")
         return self._read_results(lambda: weights_as_of(self.clickhouse, self.database, spec, entity, at_ms))
 
     # -- helpers ----------------------------------------------------------------------
-    def _guarded_read(self, request: Request) -> ExperimentSpec:
+    def _results_experiment(self, request: Request) -> ExperimentSpec:
         """The experiment a results route is about, once results are on."""
         if self.clickhouse is None:
             raise BadRequest(503, "results are off: this API was started with --no-results")

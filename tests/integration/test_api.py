@@ -118,6 +118,31 @@ def test_create_read_update_and_pause_with_optimistic_concurrency(api, kafka_boo
     assert json.loads(events[2]["before_json"])["status"] == "running" and json.loads(events[2]["after_json"])["status"] == "paused"
 
 
+def test_a_second_api_instance_refuses_a_change_based_on_what_the_first_replaced(api, api_module, kafka_bootstrap,
+                                                                                 tmp_path) -> None:
+    """Every instance checks a change against the experiments topic read to its end, so a
+    client that read version 1 from one instance cannot overwrite, through another, the
+    version 2 the first one published a moment ago."""
+    server, writer, _, exp = api
+    other = ApiServer(kafka_bootstrap, api_module[3], tmp_path, "--no-results")
+    try:
+        other.wait_ready()
+        spec = bandit_spec(exp, ["a", "b"]).model_dump(mode="json")
+        assert server.request("POST", "/v1/experiments", spec, token=writer["secret"])[0] == 201
+        status, body, _ = server.request("PUT", f"/v1/experiments/{exp}", {**spec, "description": "first"},
+                                         token=writer["secret"], headers={"if-match": '"1"'})
+        assert (status, body["spec_version"]) == (200, 2)
+        status, body, _ = other.request("PUT", f"/v1/experiments/{exp}", {**spec, "description": "second"},
+                                        token=writer["secret"], headers={"if-match": '"1"'})
+        check_answer("PUT", ONE, status, body)
+        assert status == 409 and body["current_version"] == 2, body
+        status, body, _ = other.request("POST", f"/v1/experiments/{exp}/pause", token=writer["secret"],
+                                        headers={"if-match": '"2"'})
+        assert (status, body["spec_version"], body["description"]) == (200, 3, "first")
+    finally:
+        other.stop()
+
+
 def test_missing_unknown_and_underscoped_tokens_change_nothing(api, kafka_bootstrap, topic_prefix, serde) -> None:
     server, writer, reader, exp = api
     spec = bandit_spec(exp, ["a", "b"]).model_dump(mode="json")
