@@ -3,9 +3,10 @@
 At every publication the worker asks `evaluate` whether any arm breaches a guardrail of the
 spec's `health` section (the e-detectors of `sluice.core.health` over the window's hourly
 counters), records what `act` decides in the entity's state (a rollback pins the arm to 0,
-a pause gives the default arm all traffic), and `lift` undoes what `sluice experiments
-reinstate` reinstated. The weight table published in the same round carries the effect and
-says why (`pins` and `notes`), and each step yields Alert records for the alerts topic.
+a pause gives the default arm all traffic), `lift` undoes what `sluice experiments
+reinstate` reinstated, and `retire` holds at 0 what an operator retired. The weight table
+published in the same round carries the effect and says why (`pins` and `notes`), and each
+step yields Alert records for the alerts topic.
 
 A breach acts in the publication that finds it; an arm's evidence restarts after it is
 reinstated, so an old failure does not trip it again.
@@ -257,6 +258,21 @@ def lift(state: EntityState, spec: ExperimentSpec, entity: str, now_ms: int) -> 
         arm = key.split("/", 1)[1]
         if spec.health.reinstated_at(arm, entity) > state.alerted[key]:
             del state.alerted[key]  # evidence restarts: a new breach alerts again
+    return alerts
+
+
+def retire(state: EntityState, spec: ExperimentSpec, entity: str, now_ms: int) -> list[dict[str, Any]]:
+    """Hold at 0 the arms retired by hand (the spec's `health.retired`) and not reinstated
+    since; returns their Alert records (action retire), once per retirement."""
+    alerts = []
+    for arm in spec.arm_names:
+        if arm in state.actions or not spec.health.is_retired(arm, entity):
+            continue
+        state.actions[arm] = {"action": "retire", "kind": "operator", "at_ms": spec.health.retired_at(arm, entity),
+                              "value": 0.0, "threshold": 0.0}
+        alerts.append(alert_record(spec, entity, arm, "ROLLBACK", "INFO", 0.0, 0.0,
+                                   f"{arm}: retired for {entity!r} by an operator; weight 0 until reinstated",
+                                   state.version, now_ms, guardrail="operator", action="retire"))
     return alerts
 
 

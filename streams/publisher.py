@@ -175,10 +175,12 @@ class Round:
 def publication_round(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int, *,
                       decision: dict[str, Any] | None = None, prior: Any = None) -> Round:
     """One (experiment, entity)'s round, as the worker runs it every publish interval: lift
-    what was reinstated; act on `decision` (when given, and the spec says act); test its
-    health and act; then the new weight table, marked published in `state`."""
+    what was reinstated and hold what was retired by hand; act on `decision` (when given,
+    and the spec says act); test its health and act; then the new weight table, marked
+    published in `state`."""
     entity = entity_of(routing)
     alerts = health.lift(state, spec, entity, now_ms)
+    alerts += health.retire(state, spec, entity, now_ms)
     if decision is not None and spec.decisions == "act":
         decision["changes"] = act_on_decision(state, spec, decision, now_ms)
     evaluation = health.evaluate(state, spec, entity, current_weights(state))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from sluice.cli.api import api
 from sluice.cli.dashboards import dashboards
 from sluice.cli.db import db
 from sluice.cli.demo import demo, simulate
@@ -16,6 +17,7 @@ from sluice.cli.sidecar import sidecar
 from sluice.cli.sink import sink
 from sluice.cli.stack import down, up
 from sluice.cli.stats import stats
+from sluice.cli.tokens import tokens
 from sluice.cli.topics import topics
 from sluice.cli.worker import worker
 
@@ -42,3 +44,5 @@ main.add_command(export_)
 main.add_command(dashboards)
 main.add_command(evaluate)
 main.add_command(replay)
+main.add_command(tokens)
+main.add_command(api)

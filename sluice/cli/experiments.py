@@ -116,3 +116,23 @@ def reinstate(experiment_id: str, arm: str, entity: str | None, prefix: str) -> 
         spec = registry.reinstate(experiment_id, arm, entity)
     where = f"entity {entity!r}" if entity else "every entity"
     click.echo(f"{spec.id}: {arm} reinstated for {where} (version {spec.spec_version})")
+
+
+@experiments.command()
+@click.argument("experiment_id")
+@click.argument("arm")
+@click.option("--entity", default=None, help="Only for this entity [default: every entity].")
+@PREFIX
+@sluice_errors
+def retire(experiment_id: str, arm: str, entity: str | None, prefix: str) -> None:
+    """Take ARM of EXPERIMENT_ID out of traffic (for one --entity, or all): the worker holds it
+    at 0 until it is reinstated. The default arm cannot be retired."""
+    from sluice.core.spec import SpecError
+
+    with _registry(prefix) as registry:
+        try:
+            spec = registry.retire(experiment_id, arm, entity)
+        except SpecError as exc:
+            raise click.ClickException(str(exc)) from None
+    where = f"entity {entity!r}" if entity else "every entity"
+    click.echo(f"{spec.id}: {arm} retired for {where} (version {spec.spec_version})")

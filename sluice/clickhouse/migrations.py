@@ -331,6 +331,26 @@ GROUP BY h.experiment_id, h.entity, h.arm""",
 ) ENGINE = MergeTree
 ORDER BY (experiment_id, entity, computed_at, target, estimator)""",
     )),
+    Migration(5, "the control API's audit log", (
+        # Every change made through the control API (the audit topic): who (token id and
+        # name), what, and the spec before and after, as JSON. No TTL: an audit trail is
+        # kept for as long as anyone may ask who changed an experiment.
+        """CREATE TABLE IF NOT EXISTS {db}.audit_log (
+    event_id String,
+    request_id String,
+    token_id LowCardinality(String),
+    token_name String,
+    action LowCardinality(String),
+    experiment_id LowCardinality(String),
+    arm Nullable(String),
+    entity Nullable(String),
+    before_json Nullable(String),
+    after_json String,
+    timestamp DateTime64(3, 'UTC'),""" + _KAFKA_LINEAGE + """
+) ENGINE = MergeTree
+ORDER BY (experiment_id, timestamp)
+""" + _DEDUP,
+    )),
 )
 
 

@@ -106,6 +106,17 @@ class Reinstatement(BaseModel):
     at_ms: int = Field(ge=0, description="when; actions taken before it are lifted, evidence restarts after it")
 
 
+class Retirement(BaseModel):
+    """An arm taken out of traffic by hand (the control API's retire): held at 0 for the
+    entity, as a decision's kill would, until it is reinstated after `at_ms`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arm: str
+    entity: str | None = Field(None, description="None: every entity")
+    at_ms: int = Field(ge=0, description="when; a reinstatement after it gives the arm back")
+
+
 class HealthConfig(BaseModel):
     """The health guardrails of an experiment, each a threshold, an α and an action, tested
     per (entity, arm) by the e-detectors of this module. `None` turns one off. Defaults follow
@@ -121,6 +132,7 @@ class HealthConfig(BaseModel):
     concentration: ConcentrationRule | None = None
     quiet: QuietRule | None = Field(default_factory=QuietRule)
     reinstated: tuple[Reinstatement, ...] = ()
+    retired: tuple[Retirement, ...] = ()
 
     @model_validator(mode="after")
     def _sensible(self) -> HealthConfig:
@@ -131,6 +143,14 @@ class HealthConfig(BaseModel):
     def reinstated_at(self, arm: str, entity: str) -> int:
         """The latest time `arm` was reinstated for `entity` (0: never)."""
         return max((r.at_ms for r in self.reinstated if r.arm == arm and r.entity in (None, entity)), default=0)
+
+    def retired_at(self, arm: str, entity: str) -> int:
+        """The latest time `arm` was retired by hand for `entity` (0: never)."""
+        return max((r.at_ms for r in self.retired if r.arm == arm and r.entity in (None, entity)), default=0)
+
+    def is_retired(self, arm: str, entity: str) -> bool:
+        """Whether a retirement of `arm` for `entity` is in force (no reinstatement since)."""
+        return self.retired_at(arm, entity) > self.reinstated_at(arm, entity)
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,12 @@ class ExperimentSpec(_Frozen):
         unknown = sorted({r.arm for r in self.health.reinstated} - set(names))
         if unknown:
             problems.append(f"health.reinstated: unknown arm(s) {unknown}; the arms are {names}")
+        unknown = sorted({r.arm for r in self.health.retired} - set(names))
+        if unknown:
+            problems.append(f"health.retired: unknown arm(s) {unknown}; the arms are {names}")
+        if any(r.arm == self.default_arm for r in self.health.retired):
+            problems.append(f"health.retired: the default arm {self.default_arm!r} cannot be retired: it is what "
+                            "units outside the experiment and a paused experiment are served")
         if traffic_threshold(self.traffic_fraction, self.num_buckets) == 0:
             problems.append(
                 f"traffic_fraction: {self.traffic_fraction} of {self.num_buckets} buckets rounds to 0 buckets; "
@@ -320,6 +326,18 @@ def spec_from_mapping(data: Mapping[str, Any]) -> ExperimentSpec:
         spec_id = data.get("id")
         head = f"experiment spec {spec_id!r}" if isinstance(spec_id, str) else "experiment spec"
         raise SpecError(f"{head} is invalid:\n  " + "\n  ".join(problems), problems) from None
+
+
+def spec_from_json(text: str | bytes) -> ExperimentSpec:
+    """Validate a JSON document (an HTTP body) as `spec_from_mapping` validates parsed data,
+    but with no type coercion: a number sent as a string ("100") is refused, not converted,
+    so a body is accepted only if it matches the spec's JSON schema, and then the same rules
+    across fields decide. Raises SpecError naming every problem."""
+    try:
+        return ExperimentSpec.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        problems = tuple(line for e in exc.errors() for line in _describe(e))
+        raise SpecError("experiment spec is invalid:\n  " + "\n  ".join(problems), problems) from None
 
 
 def load_spec(text: str) -> ExperimentSpec:

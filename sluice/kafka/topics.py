@@ -54,6 +54,16 @@ class TopicNames:
         return f"{self.prefix}.dlq.v1"
 
     @property
+    def api_tokens(self) -> str:
+        """The control API's tokens (`sluice.tokens`): compacted, hashed secrets only."""
+        return f"{self.prefix}.api-tokens.v1"
+
+    @property
+    def audit(self) -> str:
+        """Every change made through the control API, with the spec before and after."""
+        return f"{self.prefix}.audit.v1"
+
+    @property
     def worker_state(self) -> str:
         """The stream workers' changelog (`streams.state`): internal, compacted."""
         return f"{self.prefix}.worker-state.v1"
@@ -94,6 +104,10 @@ def topic_specs(
         TopicSpec(names.decisions, 1, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}, "Decision by experiment id"),
         TopicSpec(names.dlq, partitions, {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)}, "rejected input, reason in headers"),
         TopicSpec(names.worker_state, partitions, compacted, "the stream workers' state changes, partitioned as the input"),
+        TopicSpec(names.api_tokens, 1, compacted, "ApiToken by token id: every API instance follows the whole set"),
+        # An audit trail outlives the events it explains; ClickHouse keeps it without a TTL.
+        TopicSpec(names.audit, 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)},
+                  "AuditEvent by experiment id: who changed what through the API"),
     ]
 
 

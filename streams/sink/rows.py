@@ -25,6 +25,8 @@ ALERT_COLUMNS = ("event_id", "experiment_id", "entity", "arm", "kind", "severity
 DECISION_COLUMNS = ("event_id", "experiment_id", "entity", "verdict", "winner", "rule", "reason", "arm_actions", "timestamp")
 EXPERIMENT_COLUMNS = ("event_id", "experiment_id", "spec_version", "status", "arms", "default_arm", "policy",
                       "reward_type", "reward_name", "attribution_window_ms", "window_ms", "updated_at", "spec_json")
+AUDIT_COLUMNS = ("event_id", "request_id", "token_id", "token_name", "action", "experiment_id", "arm", "entity",
+                 "before_json", "after_json", "timestamp")
 
 
 def _flat(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], Iterator[tuple[Any, ...]]]:
@@ -81,4 +83,5 @@ ROUTES: dict[str, TableRoute] = {
     "alerts": TableRoute("Alert", "alerts", ALERT_COLUMNS, _flat(ALERT_COLUMNS)),
     "decisions": TableRoute("Decision", "decisions", DECISION_COLUMNS, decision_rows),
     "experiments": TableRoute("ExperimentSpec", "experiments", EXPERIMENT_COLUMNS, experiment_rows),
+    "audit": TableRoute("AuditEvent", "audit_log", AUDIT_COLUMNS, _flat(AUDIT_COLUMNS)),
 }

@@ -14,7 +14,7 @@ from sluice.avro import SingleObjectSerde
 from sluice.core.allocation import allocate
 from sluice.core.decisions import DecisionCriteria
 from sluice.core.guardrails import GuardrailConfig
-from sluice.core.spec import SpecError, load_spec, spec_from_mapping
+from sluice.core.spec import SpecError, load_spec, spec_from_json, spec_from_mapping
 from sluice.specfile import load_spec_file
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
@@ -183,3 +183,14 @@ def test_policy_parameters_are_checked_by_the_policy_registry(monkeypatch: pytes
     with pytest.raises(SpecError) as info:
         load_spec(mutate("policy: {name: static, params: {}}", "policy: {name: epsilon_greedy, params: {epsilon: 2}}"))
     assert "policy: epsilon must be in [0, 1], but 2 is given" in str(info.value)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_a_json_body_is_validated_without_coercing_types(path: Path) -> None:
+    spec = load_spec_file(path)
+    assert spec_from_json(spec.model_dump_json()) == spec
+    data = json.loads(spec.model_dump_json())
+    assert spec_from_mapping({**data, "num_buckets": "100"}).num_buckets == 100  # YAML and Python data: coerced
+    for field, value in [("num_buckets", "100"), ("num_buckets", 100.5), ("traffic_fraction", "0.5"), ("unit", 5)]:
+        with pytest.raises(SpecError, match=f"{field}: Input should be a valid"):
+            spec_from_json(json.dumps({**data, field: value}))
