@@ -31,6 +31,7 @@ from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, entity_key, topic_specs
 from sluice.kafka.clients import consumer_config
 from sluice.kafka.io import AvroProducer
+from sluice.kafka.security import PLAINTEXT
 from sluice.local.kafka import free_loopback_ports, stop_pid
 
 SUITE = "streams"
@@ -82,7 +83,7 @@ def _produce(bootstrap: str, names: TopicNames, events: list[tuple[str, bytes, b
 def _confluent_rate(bootstrap: str, topics: list[str], n: int) -> float:
     from confluent_kafka import Consumer
 
-    consumer = Consumer(consumer_config(bootstrap, f"bench-raw-{uuid.uuid4().hex[:8]}"))
+    consumer = Consumer(consumer_config(bootstrap, f"bench-raw-{uuid.uuid4().hex[:8]}", PLAINTEXT))
     consumer.subscribe(topics)
     count, first, first_batch = 0, 0.0, 0
     try:
@@ -175,7 +176,7 @@ def _freshness(bootstrap: str, serde, rate: float, seconds: float, log: Path) ->
     stop = threading.Event()
 
     def follow() -> None:
-        consumer = Consumer(consumer_config(bootstrap, f"bench-w-{uuid.uuid4().hex[:8]}"))
+        consumer = Consumer(consumer_config(bootstrap, f"bench-w-{uuid.uuid4().hex[:8]}", PLAINTEXT))
         meta = consumer.list_topics(names.weights, timeout=10)
         consumer.assign([TopicPartition(names.weights, p, OFFSET_BEGINNING) for p in meta.topics[names.weights].partitions])
         while not stop.is_set():

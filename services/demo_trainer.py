@@ -2,8 +2,9 @@
 the reward on the serve's logged context, fitted from the experiment's own logs on Kafka.
 
 `train(job)` is a `sluice trainer --entry services.demo_trainer:train` entry point. Where
-the logs are is deployment configuration, read from the environment: `KAFKA_BOOTSTRAP` and
-`SLUICE_TRAINING_PREFIX` (the topic prefix, default `sluice`). The data of an entity are its
+the logs are is deployment configuration, read from the environment: `KAFKA_BOOTSTRAP` (and
+the `KAFKA_SECURITY_PROTOCOL` / `KAFKA_SASL_*` settings) and `SLUICE_TRAINING_PREFIX` (the
+topic prefix, default `sluice`). The data of an entity are its
 serves in the experiments whose spec takes the job's model type, over the job's window
 (event time, up to the newest serve), each labelled 1 when a reward with a positive value
 (other than a request outcome) names it.
@@ -36,6 +37,7 @@ from sluice.core.health import REQUEST_OUTCOME
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka.clients import consumer_config, entity_key
 from sluice.kafka.partitions import partition_for_key
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 
 DAY_MS = 86_400_000
@@ -52,14 +54,14 @@ class Dataset:
 
 
 def transform(bootstrap: str, prefix: str, entities: list[str], model_type: str, window_days: float,
-              serde: SingleObjectSerde | None = None) -> dict[str, Dataset]:
+              serde: SingleObjectSerde | None = None, security: KafkaSecurity = PLAINTEXT) -> dict[str, Dataset]:
     """Each entity's dataset, built in one pass over the partitions that hold them."""
     serde = serde or SingleObjectSerde(SchemaSet.bundled())
     names = TopicNames(prefix)
-    with ExperimentRegistry(bootstrap, prefix, serde) as experiments:
+    with ExperimentRegistry(bootstrap, prefix, serde, security=security) as experiments:
         keys = {entity_key(spec.id, e): e for spec in experiments.all() for e in entities
                 if takes(spec, e, model_type)}
-    serves, clicked = _read(bootstrap, names, keys, serde)
+    serves, clicked = _read(bootstrap, names, keys, serde, security)
     vocabulary: dict[tuple[str, str], int] = {}
     for rows in serves.values():
         for _, _, context in rows:
@@ -78,13 +80,13 @@ def transform(bootstrap: str, prefix: str, entities: list[str], model_type: str,
     return out
 
 
-def _read(bootstrap: str, names: TopicNames, keys: dict[bytes, str], serde: SingleObjectSerde
-          ) -> tuple[dict[str, list[tuple[int, str, dict[str, str]]]], set[str]]:
+def _read(bootstrap: str, names: TopicNames, keys: dict[bytes, str], serde: SingleObjectSerde,
+          security: KafkaSecurity) -> tuple[dict[str, list[tuple[int, str, dict[str, str]]]], set[str]]:
     """Serves (time, serve id, context) per entity, and the serve ids with a positive reward,
     from the partitions of `keys`, read to their end as of now."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(consumer_config(bootstrap, group_id="sluice-demo-trainer-unused"))
+    consumer = Consumer(consumer_config(bootstrap, "sluice-demo-trainer-unused", security))
     try:
         metadata = consumer.list_topics(timeout=10)
         wanted = []
@@ -156,7 +158,8 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     entities = [m["entity"] for m in job["members"]]
     started = time.perf_counter()
-    data = transform(bootstrap, prefix, entities, job["model_type"], job["window_days"])
+    data = transform(bootstrap, prefix, entities, job["model_type"], job["window_days"],
+                     security=KafkaSecurity.from_environment())
     transform_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     models = []

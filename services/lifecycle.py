@@ -23,6 +23,7 @@ from sluice.avro import SingleObjectSerde
 from sluice.core.lifecycle import parse_arm, retirements
 from sluice.experiments import ExperimentNotFoundError, ExperimentRegistry
 from sluice.kafka.clients import consumer_config
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 from sluice.models import ModelRegistry, ModelRegistryError, withdraw
 
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class LifecycleFollower:
-    def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, *, group_id: str | None = None) -> None:
-        self.bootstrap, self.prefix, self.serde = bootstrap, prefix, serde
+    def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, *, group_id: str | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        self.bootstrap, self.prefix, self.serde, self.security = bootstrap, prefix, serde, security
         self.topic = TopicNames(prefix).decisions
         self.group_id = group_id or f"{prefix}-lifecycle"
         self.handled: list[str] = []  # what each handled decision did, newest last
@@ -39,7 +41,7 @@ class LifecycleFollower:
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
         from confluent_kafka import Consumer
 
-        consumer = Consumer(consumer_config(self.bootstrap, self.group_id))
+        consumer = Consumer(consumer_config(self.bootstrap, self.group_id, self.security))
         consumer.subscribe([self.topic])
         try:
             while not until():
@@ -62,7 +64,7 @@ class LifecycleFollower:
 
     def handle(self, decision: dict[str, Any], now_ms: int) -> list[str]:
         """Retire what `decision` retired or replaced; returns what was done, one line each."""
-        with ExperimentRegistry(self.bootstrap, self.prefix, self.serde) as experiments:
+        with ExperimentRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as experiments:
             try:
                 spec = experiments.get(decision["experiment_id"])
             except ExperimentNotFoundError:
@@ -70,7 +72,7 @@ class LifecycleFollower:
             if spec.models is None or decision.get("entity") is None:
                 return []
             entity = decision["entity"]
-            with ModelRegistry(self.bootstrap, self.prefix, self.serde) as registry:
+            with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as registry:
                 entered = {}
                 for arm in spec.arms_of(entity):
                     parsed = parse_arm(arm)

@@ -30,6 +30,7 @@ from sluice.avro import SingleObjectSerde
 from sluice.core.lifecycle import arm_name
 from sluice.core.scheduler import DAY_MS, Fleet, Plan, SchedulerConfig, plan
 from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 from sluice.models import ModelRegistry, ModelVersion
 
@@ -124,19 +125,20 @@ def job_records(p: Plan, fleet: Fleet, live: list[ModelVersion], now_ms: int,
 class TrainingScheduler:
     """One `round` plans and sends jobs; `run` repeats it every `every_s` seconds."""
 
-    def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, config: SchedulerConfig) -> None:
-        self.bootstrap, self.prefix, self.serde, self.config = bootstrap, prefix, serde, config
+    def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, config: SchedulerConfig, *,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        self.bootstrap, self.prefix, self.serde, self.config, self.security = bootstrap, prefix, serde, config, security
         self.names = TopicNames(prefix)
-        self._producer = AvroProducer(bootstrap, serde)
+        self._producer = AvroProducer(bootstrap, serde, security=security)
 
     def _read(self, topic: str, schema: str) -> list[dict[str, Any]]:
-        return [self.serde.decode(m.value, schema).record for m in read_to_end(self.bootstrap, [topic])
-                if m.value is not None]
+        return [self.serde.decode(m.value, schema).record
+                for m in read_to_end(self.bootstrap, [topic], security=self.security) if m.value is not None]
 
     def round(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         tables = self._latest_tables()
-        with ModelRegistry(self.bootstrap, self.prefix, self.serde) as registry:
+        with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as registry:
             self._record_reference_rewards(registry, tables)
             fleet, live = fleet_from(registry.all(), tables, now_ms)
         if not len(fleet):
@@ -167,10 +169,10 @@ class TrainingScheduler:
         from sluice.experiments import ExperimentRegistry
 
         latest: dict[bytes, dict[str, Any]] = {}
-        for m in read_to_end(self.bootstrap, [self.names.weights]):
+        for m in read_to_end(self.bootstrap, [self.names.weights], security=self.security):
             if m.key is not None and m.value is not None:
                 latest[m.key] = self.serde.decode(m.value, "WeightTable").record
-        with ExperimentRegistry(self.bootstrap, self.prefix, self.serde) as experiments:
+        with ExperimentRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as experiments:
             kinds = {s.id: s.reward.type for s in experiments.all()}
         return [{**t, "reward_type": kinds.get(t["experiment_id"], "binary")} for t in latest.values()]
 

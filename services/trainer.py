@@ -39,6 +39,7 @@ from sluice.errors import SluiceError
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka.clients import consumer_config
 from sluice.kafka.io import AvroProducer
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 from sluice.models import ModelRegistry, ModelVersion, offer
 
@@ -75,20 +76,22 @@ def resolve(entry: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 class Trainer:
     def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, entry: str, *, workers: int = 2,
-                 max_attempts: int = 4, backoff_s: float = 60.0, group_id: str | None = None) -> None:
+                 max_attempts: int = 4, backoff_s: float = 60.0, group_id: str | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         if not entry.startswith("command:"):
             resolve(entry)  # fail at start, not on the first job
-        self.bootstrap, self.prefix, self.serde, self.entry = bootstrap, prefix, serde, entry
+        self.bootstrap, self.prefix, self.serde, self.entry, self.security = bootstrap, prefix, serde, entry, security
         self.workers, self.max_attempts, self.backoff_s = workers, max_attempts, backoff_s
         self.names = TopicNames(prefix)
         self.group_id = group_id or f"{prefix}-trainer"
-        self._producer = AvroProducer(bootstrap, serde)
+        self._producer = AvroProducer(bootstrap, serde, security=security)
         self.results: list[dict[str, Any]] = []  # every attempt's result, in order
 
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
         from confluent_kafka import Consumer
 
-        consumer = Consumer(consumer_config(self.bootstrap, self.group_id, **{"max.poll.interval.ms": 3_600_000}))
+        consumer = Consumer(consumer_config(self.bootstrap, self.group_id, self.security,
+                                            **{"max.poll.interval.ms": 3_600_000}))
         consumer.subscribe([self.names.training_jobs])
         pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         try:
@@ -146,8 +149,8 @@ class Trainer:
         missing = [m["entity"] for m in job["members"] if m["entity"] not in trained]
         if missing:
             raise TrainerError(f"the result has no model for {missing}; it must have one per member")
-        with ModelRegistry(self.bootstrap, self.prefix, self.serde) as registry, \
-                ExperimentRegistry(self.bootstrap, self.prefix, self.serde) as experiments:
+        with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as registry, \
+                ExperimentRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as experiments:
             from sluice.core.lifecycle import next_arm_version
 
             number = max(registry.next_version(job["model_type"]),

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     sluice_clickhouse_ttl_days: int = Field(default=90, description="TTL of event rows in ClickHouse, in days.")
     sluice_topic_partitions: int = Field(default=6, description="Partitions of the keyed event topics.")
     sluice_replication_factor: int = Field(default=1, description="Replication factor of created topics.")
+    sluice_sidecar_token: str | None = Field(
+        default=None,
+        description="When set, the sidecar's POST /v1/rewards needs `Authorization: Bearer <this>` (forged rewards "
+                    "would steer a bandit).",
+    )
 
     @property
     def chdb_path(self) -> Path:

@@ -125,6 +125,27 @@ class SidecarMetrics:
         )
 
 
+@dataclass(frozen=True)
+class ApiMetrics:
+    """The control API (`sluice api`): requests by route template and status (401 and 403
+    counted like the rest, so refused credentials show), latency, and changes made."""
+
+    requests: Counter
+    duration: Histogram
+    changes: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ApiMetrics:
+        return cls(
+            requests=Counter("sluice_api_requests_total", "Requests by route and HTTP status.",
+                             ["route", "status"], registry=registry),
+            duration=Histogram("sluice_api_request_duration_seconds", "Time to answer a request, by route.",
+                               ["route"], buckets=REQUEST_BUCKETS, registry=registry),
+            changes=Counter("sluice_api_changes_total", "Change requests answered 2xx, by action (one that "
+                            "left the spec as it was included).", ["action"], registry=registry),
+        )
+
+
 class DeliveryCollector:
     """Serve and reward delivery of an SDK or sidecar, read from `DurableDelivery.counts` at
     scrape time: logged, delivered, spilled, dropped (counters) and the spill backlog."""

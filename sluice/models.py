@@ -30,6 +30,7 @@ from sluice.errors import SluiceError
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka.clients import KEY_SEPARATOR
 from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 
 ModelStatus = Literal["candidate", "serving", "retired"]
@@ -119,12 +120,13 @@ def model_key(entity: str, model_type: str, version: int) -> bytes:
 class ModelRegistry:
     """The models topic: read to its end at open, every change confirmed by the broker."""
 
-    def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None) -> None:
+    def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None, *,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self.topic = TopicNames(prefix).models
         self._serde = serde or SingleObjectSerde(SchemaSet.bundled())
-        self._producer = AvroProducer(bootstrap, self._serde)
+        self._producer = AvroProducer(bootstrap, self._serde, security=security)
         self._versions: dict[bytes, ModelVersion] = {}
-        for msg in read_to_end(bootstrap, [self.topic]):
+        for msg in read_to_end(bootstrap, [self.topic], security=security):
             if msg.key is not None and msg.value is not None:
                 self._versions[msg.key] = ModelVersion.from_record(self._serde.decode(msg.value, "ModelVersion").record)
 

@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.errors import SluiceError
 from sluice.kafka.io import AvroProducer, read_to_end
+from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
 
 Scope = Literal["read", "write", "admin"]
@@ -124,12 +125,13 @@ def authenticate(tokens: Mapping[str, ApiToken], secret: str) -> ApiToken:
 class TokenRegistry:
     """The tokens topic for `sluice tokens`: read once at open, every change confirmed."""
 
-    def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None) -> None:
+    def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None, *,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self.topic = TopicNames(prefix).api_tokens
         self._serde = serde or SingleObjectSerde(SchemaSet.bundled())
-        self._producer = AvroProducer(bootstrap, self._serde)
+        self._producer = AvroProducer(bootstrap, self._serde, security=security)
         self._tokens: dict[str, ApiToken] = {}
-        for msg in read_to_end(bootstrap, [self.topic]):
+        for msg in read_to_end(bootstrap, [self.topic], security=security):
             if msg.key is not None and msg.value is not None:
                 self._tokens[msg.key.decode()] = ApiToken.from_record(self._serde.decode(msg.value, "ApiToken").record)
 

@@ -67,10 +67,11 @@ class Sidecar:
             time.sleep(0.05)
         raise AssertionError(f"sidecar not ready within {timeout_s} s; log {self.log_path}")
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 status, text = resp.status, resp.read()

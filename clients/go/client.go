@@ -12,6 +12,9 @@ import (
 type Client struct {
 	BaseURL string
 	HTTP    *http.Client
+	// Token is sent as a bearer token; a sidecar started with SLUICE_SIDECAR_TOKEN
+	// refuses rewards without it.
+	Token string
 }
 
 // NewClient is a client of the sidecar at baseURL (e.g. "http://127.0.0.1:8088").
@@ -48,7 +51,15 @@ func (c *Client) post(path string, body, out any) error {
 	if err != nil {
 		return err
 	}
-	resp, err := c.HTTP.Post(c.BaseURL+path, "application/json", bytes.NewReader(data))
+	req, err := http.NewRequest(http.MethodPost, c.BaseURL+path, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return err
 	}

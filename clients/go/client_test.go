@@ -14,6 +14,7 @@ func TestSidecarAPI(t *testing.T) {
 		t.Skip("SLUICE_SIDECAR_URL is not set")
 	}
 	c := NewClient(url)
+	c.Token = os.Getenv("SLUICE_SIDECAR_TOKEN")
 	s, err := c.Assign("exp", "user-7", "site-1")
 	if err != nil {
 		t.Fatalf("assign: %v", err)

@@ -9,6 +9,7 @@ names the field, and anything else is a bug (500, logged).
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,14 @@ class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _bearer_matches(headers: list[tuple[bytes, bytes]], token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>`, compared in constant
+    time so the answer's timing tells nothing about how much of a guess was right."""
+    presented = next((v for k, v in headers if k.lower() == b"authorization"), b"")
+    scheme, _, secret = presented.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(secret.strip(), token.encode())
 
 
 def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
@@ -62,10 +71,13 @@ def _context(body: dict[str, Any], where: str = "") -> dict[str, str] | None:
 
 
 class SidecarApp:
-    """ASGI app over a `SluiceClient`."""
+    """ASGI app over a `SluiceClient`. With `reward_token`, logging a reward needs it as a
+    bearer token (401 without): rewards move a bandit's weights, assignments do not."""
 
-    def __init__(self, client: SluiceClient, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, client: SluiceClient, registry: CollectorRegistry | None = None, *,
+                 reward_token: str | None = None) -> None:
         self.client = client
+        self.reward_token = reward_token
         self.registry = registry or CollectorRegistry()
         self.metrics = SidecarMetrics.create(self.registry)
         if client.delivery is not None:
@@ -98,6 +110,10 @@ class SidecarApp:
                     known = any(p == path for _, p in self.routes) or path.startswith("/v1/parameters/")
                     raise BadRequest(405 if known else 404,
                                      f"{method} {path} is not a route" + ("" if known else "; see openapi.yaml"))
+                if handler == self.reward and self.reward_token is not None and \
+                        not _bearer_matches(scope["headers"], self.reward_token):
+                    raise BadRequest(401, "header Authorization: Bearer <the sidecar's reward token> is required "
+                                          "(SLUICE_SIDECAR_TOKEN of the sidecar)")
                 status, body, ctype = 200, orjson.dumps(handler(await self._json(receive))), b"application/json"
         except BadRequest as exc:
             status, body, ctype = exc.status, orjson.dumps({"error": str(exc)}), b"application/json"
@@ -105,8 +121,10 @@ class SidecarApp:
         except Exception:  # noqa: BLE001 - a bug: logged, answered, and the process keeps serving
             log.exception("%s %s failed", method, path)
             status, body, ctype = 500, b'{"error":"internal error"}', b"application/json"
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="sluice-sidecar"'))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.duration.labels(route).observe(time.perf_counter() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from sluice.cli.api import api
 from sluice.cli.dashboards import dashboards
 from sluice.cli.db import db
 from sluice.cli.demo import demo, simulate
@@ -49,3 +50,4 @@ main.add_command(tokens)
 main.add_command(models)
 main.add_command(scheduler)
 main.add_command(trainer)
+main.add_command(api)

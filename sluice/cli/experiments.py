@@ -128,9 +128,8 @@ def retire(experiment_id: str, arm: str, entity: str | None, prefix: str) -> Non
     """Take ARM of EXPERIMENT_ID out of traffic (for one --entity, or all): the worker holds it
     at 0 until it is reinstated. The default arm cannot be retired."""
     from sluice.core.spec import SpecError
-    from sluice.experiments import ExperimentRegistry
 
-    with ExperimentRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    with _registry(prefix) as registry:
         try:
             spec = registry.retire(experiment_id, arm, entity)
         except SpecError as exc:

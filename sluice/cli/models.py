@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sluice_errors
 
 PREFIX = click.option("--prefix", default="sluice", show_default=True, help="Topic name prefix.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -55,7 +55,8 @@ def list_(entity: str | None, model_type: str | None, prefix: str, as_json: bool
     """Every version: entity, type, version, status, when trained, on what."""
     from sluice.models import ModelRegistry
 
-    with ModelRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    bootstrap, security = kafka_or_fail(settings())
+    with ModelRegistry(bootstrap, prefix, security=security) as registry:
         found = registry.all(entity, model_type)
     if as_json:
         click.echo(json.dumps([v.public() for v in found]))
@@ -77,7 +78,8 @@ def show(entity: str, model_type: str, version: int | None, prefix: str, as_json
     """One version of ENTITY's MODEL_TYPE, with the reason of its last change."""
     from sluice.models import ModelRegistry
 
-    with ModelRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    bootstrap, security = kafka_or_fail(settings())
+    with ModelRegistry(bootstrap, prefix, security=security) as registry:
         v = registry.get(entity, model_type, version)
     if as_json:
         click.echo(json.dumps(v.public()))
@@ -128,8 +130,9 @@ def register(entities: tuple[str, ...], model_type: str, version: int | None, ar
             raise click.BadParameter(f"{m!r} is not NAME=NUMBER", param_hint="--metric") from None
         if not sep or not key:
             raise click.BadParameter(f"{m!r} is not NAME=NUMBER", param_hint="--metric")
-    bootstrap = bootstrap_or_fail(settings())
-    with ModelRegistry(bootstrap, prefix) as registry, ExperimentRegistry(bootstrap, prefix) as experiments:
+    bootstrap, security = kafka_or_fail(settings())
+    with ModelRegistry(bootstrap, prefix, security=security) as registry, \
+            ExperimentRegistry(bootstrap, prefix, security=security) as experiments:
         number = version or max(registry.next_version(model_type), next_arm_version(experiments.all(), model_type))
         done = [registry.register(ModelVersion(
             entity, model_type, number, _time_ms(trained_at, "--trained-at") or int(time.time() * 1000),
@@ -162,8 +165,9 @@ def retire(entity: str, model_type: str, version: int, reason: str, prefix: str,
     from sluice.experiments import ExperimentRegistry
     from sluice.models import ModelRegistry, withdraw
 
-    bootstrap = bootstrap_or_fail(settings())
-    with ModelRegistry(bootstrap, prefix) as registry, ExperimentRegistry(bootstrap, prefix) as experiments:
+    bootstrap, security = kafka_or_fail(settings())
+    with ModelRegistry(bootstrap, prefix, security=security) as registry, \
+            ExperimentRegistry(bootstrap, prefix, security=security) as experiments:
         v = registry.set_status(entity, model_type, version, "retired", reason)
         left = withdraw(experiments, v)
     if as_json:
@@ -190,7 +194,8 @@ def follow(prefix: str) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sigterm_unwinds()
-    follower = LifecycleFollower(bootstrap_or_fail(settings()), prefix, SingleObjectSerde(SchemaSet.bundled()))
+    bootstrap, security = kafka_or_fail(settings())
+    follower = LifecycleFollower(bootstrap, prefix, SingleObjectSerde(SchemaSet.bundled()), security=security)
     try:
         follower.run()
     except KeyboardInterrupt:

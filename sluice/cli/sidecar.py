@@ -21,7 +21,8 @@ from sluice.cli._common import kafka_or_fail, settings, sigterm_unwinds, sluice_
 def sidecar(prefix: str, host: str, port: int, state_dir: Path | None, ready_timeout: float) -> None:
     """Serve assignments, parameter values and reward logging over HTTP (JSON; the API is in
     services/assignment/openapi.yaml). Never waits on Kafka: while it is unreachable,
-    answers come from the last snapshot and serves wait in a spill file."""
+    answers come from the last snapshot and serves wait in a spill file. With
+    SLUICE_SIDECAR_TOKEN set, logging a reward needs it as a bearer token."""
     import uvicorn
 
     from services.assignment.app import SidecarApp
@@ -31,14 +32,17 @@ def sidecar(prefix: str, host: str, port: int, state_dir: Path | None, ready_tim
     # the `finally` below, which delivers or spills the logged serves before exiting.
     sigterm_unwinds()
     s = settings()
+    if s.sluice_sidecar_token is not None and not s.sluice_sidecar_token.strip():
+        raise click.ClickException("SLUICE_SIDECAR_TOKEN is set but empty; set a secret, or unset it to accept "
+                                   "rewards without a token")
     bootstrap, security = kafka_or_fail(s)
     client = SluiceClient.connect(bootstrap, security=security, prefix=prefix, state_dir=state_dir or s.sluice_home / f"sidecar-{prefix}",
                                   ready_timeout_s=ready_timeout)
-    click.echo(f"sidecar on http://{host}:{port} ({'live' if client.live else 'from snapshot' if client.ready else 'no tables yet'})",
-               err=True)
+    click.echo(f"sidecar on http://{host}:{port} ({'live' if client.live else 'from snapshot' if client.ready else 'no tables yet'}; "
+               f"rewards {'need the token' if s.sluice_sidecar_token else 'need no token'})", err=True)
     try:
-        uvicorn.run(SidecarApp(client), host=host, port=port, loop="uvloop", http="httptools", log_level="warning",
-                    access_log=False, lifespan="on")
+        uvicorn.run(SidecarApp(client, reward_token=s.sluice_sidecar_token), host=host, port=port, loop="uvloop",
+                    http="httptools", log_level="warning", access_log=False, lifespan="on")
     except KeyboardInterrupt:
         pass
     finally:

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from sluice.cli._common import kafka_or_fail, settings, sluice_errors
+
+
+def offline_evaluation_every(client: Any, database: str, hours: float) -> list[tuple[float, Callable[[], None]]]:
+    """The sink's periodic job: the continuous offline evaluation every `hours` (0: none),
+    run by whichever process holds the ClickHouse sink (`sluice sink`, or `sluice api` on
+    the embedded engine)."""
+    if hours <= 0:
+        return []
+    import time
+
+    from sluice.analytics.offline import run_continuous
+
+    def evaluate() -> None:
+        n = run_continuous(client, database, now_ms=int(time.time() * 1000))
+        click.echo(f"sink: offline evaluation wrote {n} rows", err=True)
+
+    return [(hours * 3600, evaluate)]
 
 
 @click.command()
@@ -41,19 +60,8 @@ def sink(prefix: str, database: str, batch_max: int, instance_id: str | None, st
                             TopicNames(prefix), security=security, database=database, batch_max=batch_max, instance_id=instance_id)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     click.echo(f"sink: {prefix}.* -> {database} on {s.clickhouse_url or s.chdb_path}", err=True)
-    every = []
-    if evaluate_every_hours > 0:
-        import time
-
-        from sluice.analytics.offline import run_continuous
-
-        def evaluate() -> None:
-            n = run_continuous(client, database, now_ms=int(time.time() * 1000))
-            click.echo(f"sink: offline evaluation wrote {n} rows", err=True)
-
-        every.append((evaluate_every_hours * 3600, evaluate))
     try:
-        runner.run(stop_when_idle_s=stop_when_idle, every=every)
+        runner.run(stop_when_idle_s=stop_when_idle, every=offline_evaluation_every(client, database, evaluate_every_hours))
     except KeyboardInterrupt:
         pass
     click.echo(f"sink: stopped after {runner.counts.messages} messages, {runner.counts.rows_inserted} rows, "

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sluice_errors
 
 PREFIX = click.option("--prefix", default="sluice", show_default=True, help="Topic name prefix.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -28,7 +28,8 @@ def create(name: str, scope: str, prefix: str, as_json: bool) -> None:
     """Create a token and print its secret: this once only, Sluice keeps just its hash."""
     from sluice.tokens import TokenRegistry
 
-    with TokenRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    bootstrap, security = kafka_or_fail(settings())
+    with TokenRegistry(bootstrap, prefix, security=security) as registry:
         token, secret = registry.create(name, scope)
     if as_json:
         click.echo(json.dumps({**token.public(), "secret": secret}))
@@ -45,7 +46,8 @@ def list_(prefix: str, as_json: bool) -> None:
     """Every token with its scope and state; never a secret or its hash."""
     from sluice.tokens import TokenRegistry
 
-    with TokenRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    bootstrap, security = kafka_or_fail(settings())
+    with TokenRegistry(bootstrap, prefix, security=security) as registry:
         found = registry.all()
     if as_json:
         click.echo(json.dumps([t.public() for t in found]))
@@ -65,6 +67,7 @@ def revoke(token_id: str, prefix: str, as_json: bool) -> None:
     """Revoke TOKEN_ID: every API instance refuses it within a second."""
     from sluice.tokens import TokenRegistry
 
-    with TokenRegistry(bootstrap_or_fail(settings()), prefix) as registry:
+    bootstrap, security = kafka_or_fail(settings())
+    with TokenRegistry(bootstrap, prefix, security=security) as registry:
         token = registry.revoke(token_id)
     click.echo(json.dumps(token.public()) if as_json else f"revoked token {token.token_id} ({token.name})")

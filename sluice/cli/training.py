@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sluice.cli._common import bootstrap_or_fail, settings, sigterm_unwinds, sluice_errors
+from sluice.cli._common import kafka_or_fail, settings, sigterm_unwinds, sluice_errors
 
 PREFIX = click.option("--prefix", default="sluice", show_default=True, help="Topic name prefix.")
 
@@ -39,7 +39,8 @@ def scheduler(policies_path: Path, every_minutes: float, once: bool, prefix: str
         raise click.ClickException(f"{policies_path} is not YAML: {exc}") from None
     config = scheduler_config(data if isinstance(data, dict) else {})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = TrainingScheduler(bootstrap_or_fail(settings()), prefix, SingleObjectSerde(SchemaSet.bundled()), config)
+    bootstrap, security = kafka_or_fail(settings())
+    service = TrainingScheduler(bootstrap, prefix, SingleObjectSerde(SchemaSet.bundled()), config, security=security)
     if once:
         click.echo(json.dumps(service.round()))
         return
@@ -68,8 +69,9 @@ def trainer(entry: str, workers: int, max_attempts: int, backoff_seconds: float,
     from services.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = Trainer(bootstrap_or_fail(settings()), prefix, SingleObjectSerde(SchemaSet.bundled()), entry,
-                      workers=workers, max_attempts=max_attempts, backoff_s=backoff_seconds)
+    bootstrap, security = kafka_or_fail(settings())
+    service = Trainer(bootstrap, prefix, SingleObjectSerde(SchemaSet.bundled()), entry, workers=workers,
+                      max_attempts=max_attempts, backoff_s=backoff_seconds, security=security)
     sigterm_unwinds()
     try:
         service.run()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,27 @@ def connect(url: str | None = None, *, path: Path | None = None) -> Any:
         where = url or f"embedded engine at {path}"
         hint = "" if url else " (only one process at a time can open the embedded engine's data: stop the other one, or use CLICKHOUSE_URL)"
         raise ClickHouseError(f"cannot connect to ClickHouse ({where}): {exc}{hint}") from exc
+
+
+class SerializedClient:
+    """A client that several threads share, making one call at a time: the embedded
+    engine belongs to one process, so a process that both sinks and answers queries (`sluice
+    api` on the embedded engine) shares one client, whose calls must not interleave."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return one_at_a_time
 
 
 def _is_embedded(client: Any) -> bool:

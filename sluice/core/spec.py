@@ -398,6 +398,18 @@ def spec_from_mapping(data: Mapping[str, Any]) -> ExperimentSpec:
         raise SpecError(f"{head} is invalid:\n  " + "\n  ".join(problems), problems) from None
 
 
+def spec_from_json(text: str | bytes) -> ExperimentSpec:
+    """Validate a JSON document (an HTTP body) as `spec_from_mapping` validates parsed data,
+    but with no type coercion: a number sent as a string ("100") is refused, not converted,
+    so a body is accepted only if it matches the spec's JSON schema, and then the same rules
+    across fields decide. Raises SpecError naming every problem."""
+    try:
+        return ExperimentSpec.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        problems = tuple(line for e in exc.errors() for line in _describe(e))
+        raise SpecError("experiment spec is invalid:\n  " + "\n  ".join(problems), problems) from None
+
+
 def load_spec(text: str) -> ExperimentSpec:
     """Parse and validate an experiment spec from YAML (or JSON) text, or raise SpecError."""
     if not isinstance(text, str):

@@ -156,17 +156,20 @@ class TransactionalProducer:
             tp = (msg.topic(), msg.partition())
             self._delivered[tp] = max(self._delivered.get(tp, -1), msg.offset())
 
-    def commit(self, consumer: GroupConsumer) -> dict[tuple[str, int], int]:
-        """Commit the transaction with the consumer's positions. Returns the highest offset
-        delivered per (tracked topic, partition). Raises `TransactionAborted` after aborting
-        when the broker refused it; `KafkaAdapterError` when the producer is fenced or broken."""
+    def commit(self, consumer: GroupConsumer | None) -> dict[tuple[str, int], int]:
+        """Commit the transaction with the consumer's positions (None: a producer that
+        consumes nothing, writing records that must land together). Returns the highest
+        offset delivered per (tracked topic, partition). Raises `TransactionAborted` after
+        aborting when the broker refused it; `KafkaAdapterError` when the producer is fenced
+        or broken."""
         from confluent_kafka import KafkaException
 
-        c = consumer._consumer
         try:
             self._producer.flush()  # delivery reports (offsets) come in before the commit
-            positions = [tp for tp in c.position(c.assignment()) if tp.offset >= 0]
-            self._producer.send_offsets_to_transaction(positions, c.consumer_group_metadata())
+            if consumer is not None:
+                c = consumer._consumer
+                positions = [tp for tp in c.position(c.assignment()) if tp.offset >= 0]
+                self._producer.send_offsets_to_transaction(positions, c.consumer_group_metadata())
             self._producer.commit_transaction()
         except KafkaException as exc:
             error = exc.args[0]

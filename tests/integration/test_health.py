@@ -241,3 +241,29 @@ def test_a_verdict_that_acts_retires_a_losing_arm_for_good(health_env, serde) ->
         health_env.bootstrap, health_env.prefix, serde)
     later = wait_for("a newer table", lambda: (t := health_env.table("site-1"))["version"] > version and t)
     assert weights(later)["c"] == 0
+
+
+def test_an_arm_retired_by_hand_is_held_at_zero_for_its_entity_until_reinstated(health_env, serde) -> None:
+    """`sluice experiments retire` (the API's retire publishes the same spec change): the worker
+    holds b at 0 for site-1 only, says so on the table and in an Alert, and gives it back
+    when it is reinstated."""
+    health_env.apply(bandit_spec("exp", ["a", "b", "c"], policy="static", health=OFF))
+    health_env.start()
+    requests(["site-1", "site-2"], 300, seed=11).produce(health_env.bootstrap, health_env.prefix, serde)
+    wait_for("tables of both entities", lambda: {("exp", "site-1"), ("exp", "site-2")}
+             <= set(latest_tables(health_env.bootstrap, health_env.prefix, serde)))
+    env = {**os.environ, "KAFKA_BOOTSTRAP": health_env.bootstrap}
+    run = subprocess.run([sys.executable, "-m", "sluice.cli", "experiments", "retire", "exp", "b", "--entity", "site-1",
+                          "--prefix", health_env.prefix], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert run.returncode == 0 and "b retired for entity 'site-1'" in run.stdout, run.stderr
+    held = wait_for("b at 0 for site-1", lambda: (t := health_env.table("site-1")) and weights(t)["b"] == 0 and t)
+    assert "b held at 0 (retire by operator)" in held["reason"]
+    assert weights(health_env.table("site-2"))["b"] > 0.25
+    alert = next(a for a in health_env.alerts() if a["action"] == "retire")
+    assert (alert["entity"], alert["arm"], alert["guardrail"]) == ("site-1", "b", "operator")
+    refused = subprocess.run([sys.executable, "-m", "sluice.cli", "experiments", "retire", "exp", "a",
+                              "--prefix", health_env.prefix], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert refused.returncode == 1 and "default arm 'a' cannot be retired" in refused.stderr
+    with ExperimentRegistry(health_env.bootstrap, health_env.prefix, serde) as registry:
+        registry.reinstate("exp", "b", "site-1")
+    wait_for("b back for site-1", lambda: (t := health_env.table("site-1")) and weights(t)["b"] > 0 and t)

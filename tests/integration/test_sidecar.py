@@ -119,6 +119,35 @@ def test_every_assignment_is_logged_as_a_serve(setup, serde) -> None:
     assert len(rewards) == 1
 
 
+def test_with_a_reward_token_configured_rewards_without_it_are_refused_and_not_logged(setup, tmp_path) -> None:
+    from tests.unit.test_go_client import go_test
+
+    bootstrap, prefix, _, _, _ = setup
+    token = "sidecar-secret-" + "x" * 24
+    guarded = Sidecar(bootstrap, prefix, tmp_path / "guarded", tmp_path / "guarded.log", env={"SLUICE_SIDECAR_TOKEN": token})
+    try:
+        guarded.wait_ready()
+        status, served = guarded.request("POST", "/v1/assign", {"experiment": "exp", "unit_id": "u-1", "entity": "site-1"})
+        assert status == 200, served  # assignments need no token: they move no weights
+        reward = {"serve_id": served["serve_id"], "experiment": "exp", "entity": "site-1", "value": 1}
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {token}"},
+                        {"authorization": f"Bearer {token}x"}):
+            status, body = guarded.request("POST", "/v1/rewards", reward, headers=headers)
+            check_schema("Error", body)
+            assert status == 401 and "SLUICE_SIDECAR_TOKEN" in body["error"], (headers, body)
+        status, body = guarded.request("POST", "/v1/rewards", reward, headers={"authorization": f"Bearer {token}"})
+        assert status == 200 and body["event_id"], body
+        run = go_test("-run", "TestSidecarAPI", env={"SLUICE_SIDECAR_URL": guarded.url, "SLUICE_SIDECAR_TOKEN": token})
+        assert run.returncode == 0 and "--- PASS: TestSidecarAPI" in run.stdout, run.stdout + run.stderr
+    finally:
+        guarded.stop()
+    deadline = time.monotonic() + 30
+    while len(rewards := read_to_end(bootstrap, [f"{prefix}.rewards.v1"])) < 2:
+        assert time.monotonic() < deadline, f"{len(rewards)} rewards arrived, expected 2"
+        time.sleep(0.2)
+    assert len(rewards) == 2  # the one posted with the token and the Go client's, none of the refused
+
+
 @pytest.mark.parametrize("path, raw, status, words", [
     ("/v1/assign", b"{not json", 400, "not JSON"),
     ("/v1/assign", b'{"experiment": "exp", "entity": "site-1"}', 400, "unit_id"),

@@ -17,7 +17,7 @@ DEPLOY = project_root() / "deploy"
 def test_the_stack_has_every_service_and_its_mounts_exist() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"kafka", "clickhouse", "grafana", "prometheus", "worker", "sink", "sidecar"} <= set(services)
+    assert {"kafka", "clickhouse", "grafana", "prometheus", "worker", "sink", "sidecar", "api"} <= set(services)
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -27,7 +27,14 @@ def test_the_stack_has_every_service_and_its_mounts_exist() -> None:
     assert services["worker"]["command"][0] == "worker" and services["sidecar"]["command"][0] == "sidecar"
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.compose.yml").read_text())
     targets = {t for job in prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
-    assert targets == {"worker:9465", "sidecar:8088"}
+    assert targets == {"worker:9465", "sidecar:8088", "api:8090"}
+
+
+def test_the_sidecar_needs_a_reward_token_and_nothing_is_published_beyond_the_host() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert services["sidecar"]["environment"]["SLUICE_SIDECAR_TOKEN"].startswith("${SLUICE_SIDECAR_TOKEN:?")
+    for name in ("sidecar", "api"):
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
 
 
 def test_docker_compose_accepts_it() -> None:
@@ -40,7 +47,7 @@ def test_docker_compose_accepts_it() -> None:
     assert run.returncode == 0, run.stderr
 
 
-@pytest.mark.parametrize("service", ["worker", "sink", "sidecar"])
+@pytest.mark.parametrize("service", ["worker", "sink", "sidecar", "api"])
 def test_every_sluice_command_of_the_stack_parses(service: str) -> None:
     """The options a container is started with exist (parsed, not run): the stack's files
     follow the CLI when an option is renamed or removed."""

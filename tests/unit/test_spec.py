@@ -14,7 +14,7 @@ from sluice.avro import SingleObjectSerde
 from sluice.core.allocation import allocate
 from sluice.core.decisions import DecisionCriteria
 from sluice.core.guardrails import GuardrailConfig
-from sluice.core.spec import SpecError, load_spec, spec_from_mapping
+from sluice.core.spec import SpecError, load_spec, spec_from_json, spec_from_mapping
 from sluice.specfile import load_spec_file
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
@@ -232,3 +232,14 @@ def test_entity_lists_that_cannot_hold_are_refused() -> None:
     data["arms"][0]["entities"] = ["acme"]
     with pytest.raises(SpecError, match="the default arm is served to every entity"):
         spec_from_mapping(data)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_a_json_body_is_validated_without_coercing_types(path: Path) -> None:
+    spec = load_spec_file(path)
+    assert spec_from_json(spec.model_dump_json()) == spec
+    data = json.loads(spec.model_dump_json())
+    assert spec_from_mapping({**data, "num_buckets": "100"}).num_buckets == 100  # YAML and Python data: coerced
+    for field, value in [("num_buckets", "100"), ("num_buckets", 100.5), ("traffic_fraction", "0.5"), ("unit", 5)]:
+        with pytest.raises(SpecError, match=f"{field}: Input should be a valid"):
+            spec_from_json(json.dumps({**data, field: value}))
