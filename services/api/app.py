@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.api.control import Actor, ControlPlane, VersionConflict
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
+from services.asgi import BadRequest, read_json_object
 from sluice.analytics.results import NoResultsError, entity_results, weights_as_of
 from sluice.clickhouse import ClickHouseError
 from sluice.core.spec import ExperimentSpec, SpecError, spec_from_json
@@ -52,14 +53,6 @@ _JSON = b"application/json"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.extra = extra
-        self.headers: list[tuple[bytes, bytes]] = []
 
 
 @dataclass(frozen=True)
@@ -164,6 +157,7 @@ class ApiApp:
             Route("POST", f"{exp}/arms/{{arm}}/retire", "write", self.retire),
             Route("GET", f"{exp}/results", "read", self.results),
             Route("GET", f"{exp}/as-of", "read", self.as_of),
+            Route("GET", "/v1/models", "read", self.list_models),
         ])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -182,7 +176,8 @@ class ApiApp:
             route, params = self._match(method, path)
             template = route.template
             actor = self._authorize(route, headers, request_id)
-            body = await self._json(receive, headers) if method in ("POST", "PUT") else None
+            body = await read_json_object(receive, MAX_BODY_BYTES, declared_length=headers.get("content-length", ""),
+                                          allow_empty=True) if method in ("POST", "PUT") else None
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             request = Request(params, headers, body, actor, query)
             # Changes wait on Kafka and results on ClickHouse: off the event loop, so other
@@ -241,33 +236,6 @@ class ApiApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    @staticmethod
-    async def _json(receive: Receive, headers: dict[str, str]) -> dict[str, Any] | None:
-        """The body as a JSON object; None when there is none."""
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise BadRequest(413, f"body is larger than {MAX_BODY_BYTES} bytes")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise BadRequest(413, f"body is larger than {MAX_BODY_BYTES} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        raw = b"".join(chunks)
-        if not raw.strip():
-            return None
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(400, f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest(400, f"body must be a JSON object, not {type(body).__name__}")
-        return body
-
     # -- routes -----------------------------------------------------------------------
     def healthz(self, request: Request) -> Answer:
         return Answer(200, b'{"status":"ok"}')
@@ -281,6 +249,11 @@ class ApiApp:
 
     def get(self, request: Request) -> Answer:
         return self._guarded(lambda: self.control.experiment(request.params["experiment_id"]))
+
+    def list_models(self, request: Request) -> Answer:
+        """The model registry's versions, of one entity and model type when asked."""
+        found = self.control.models(request.query_value("entity"), request.query_value("model_type"))
+        return Answer(200, orjson.dumps({"models": [v.public() for v in found]}))
 
     def create(self, request: Request) -> Answer:
         if request.body is None:

@@ -38,6 +38,7 @@ from sluice.kafka.exceptions import KafkaAdapterError
 from sluice.kafka.follower import CompactedTopicFollower
 from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.transactions import TransactionalProducer
+from sluice.models import ModelVersion
 from sluice.tokens import ApiToken
 
 log = logging.getLogger(__name__)
@@ -79,22 +80,23 @@ class ControlPlane:
         self._serde = serde
         self._specs = CompactedTopicFollower(bootstrap, names.experiments, self._decode_spec, security=security)
         self._tokens = CompactedTopicFollower(bootstrap, names.api_tokens, self._decode_token, security=security)
+        self._models = CompactedTopicFollower(bootstrap, names.models, self._decode_model, security=security)
         # A stable id lets a restarted instance abort what a crash left open at once.
         self._producer = TransactionalProducer(bootstrap, f"sluice-api-{names.prefix}-{instance_id}", security=security)
         self._lock = threading.Lock()
 
     def start(self, ready_timeout_s: float = 30.0) -> ControlPlane:
         """Follow both topics and wait until each is read to its end; raises `KafkaAdapterError`."""
-        for follower in (self._specs, self._tokens):
+        for follower in (self._specs, self._tokens, self._models):
             follower.start()
-        for follower in (self._specs, self._tokens):
+        for follower in (self._specs, self._tokens, self._models):
             if not follower.wait_ready(ready_timeout_s):
                 raise KafkaAdapterError(f"{follower.topic} not read within {ready_timeout_s:.0f} s")
         self._producer.init()
         return self
 
     def close(self) -> None:
-        for follower in (self._specs, self._tokens):
+        for follower in (self._specs, self._tokens, self._models):
             follower.stop()
 
     # -- reads ------------------------------------------------------------------------
@@ -108,6 +110,12 @@ class ControlPlane:
 
     def experiment(self, experiment_id: str) -> ExperimentSpec:
         return lookup(self._spec_map(), experiment_id, self.names.experiments)
+
+    def models(self, entity: str | None = None, model_type: str | None = None) -> list[ModelVersion]:
+        """The model registry's versions (of `entity`, of `model_type`), by entity, type, version."""
+        found = [v for v in dict(self._models.latest).values()
+                 if (entity is None or v.entity == entity) and (model_type is None or v.model_type == model_type)]
+        return sorted(found, key=lambda v: (v.entity, v.model_type, v.version))
 
     # -- writes -----------------------------------------------------------------------
     def create(self, spec: ExperimentSpec, actor: Actor) -> ExperimentSpec:
@@ -188,6 +196,9 @@ class ControlPlane:
 
     def _decode_token(self, value: bytes) -> ApiToken:
         return ApiToken.from_record(self._serde.decode(value, "ApiToken").record)
+
+    def _decode_model(self, value: bytes) -> ModelVersion:
+        return ModelVersion.from_record(self._serde.decode(value, "ModelVersion").record)
 
 
 def _now_ms() -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.asgi import BadRequest, read_json_object
 from sluice.client.sdk import AssignmentRequestError, SluiceClient, UnknownNameError
 from sluice.metrics import DeliveryCollector, SidecarMetrics
 
@@ -28,12 +29,6 @@ MAX_BODY_BYTES = 1 << 20
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _bearer_matches(headers: list[tuple[bytes, bytes]], token: str) -> bool:
@@ -114,7 +109,7 @@ class SidecarApp:
                         not _bearer_matches(scope["headers"], self.reward_token):
                     raise BadRequest(401, "header Authorization: Bearer <the sidecar's reward token> is required "
                                           "(SLUICE_SIDECAR_TOKEN of the sidecar)")
-                status, body, ctype = 200, orjson.dumps(handler(await self._json(receive))), b"application/json"
+                status, body, ctype = 200, orjson.dumps(handler(await read_json_object(receive, MAX_BODY_BYTES))), b"application/json"
         except BadRequest as exc:
             status, body, ctype = exc.status, orjson.dumps({"error": str(exc)}), b"application/json"
             route = route if (method, route) in self.routes or route.startswith("/v1/") else "other"
@@ -148,26 +143,6 @@ class SidecarApp:
             return (200 if ready else 503), orjson.dumps(body), b"application/json"
         self.metrics.tables_loaded.set(len(self.client.tables))
         return 200, generate_latest(self.registry), b"text/plain; version=0.0.4"
-
-    @staticmethod
-    async def _json(receive: Receive) -> dict[str, Any]:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise BadRequest(413, f"body is larger than {MAX_BODY_BYTES} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        try:
-            body = orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(400, f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest(400, f"body must be a JSON object, not {type(body).__name__}")
-        return body
 
     # -- routes ---------------------------------------------------------------------------------
 

@@ -270,3 +270,28 @@ def test_every_change_lands_in_the_audit_log_in_clickhouse(api, kafka_bootstrap,
                                                  ("stop", writer["token_id"], "release bot")]
     assert rows[0][3] == request_id and rows[0][4] is None
     assert json.loads(rows[1][4])["status"] == "running" and json.loads(rows[1][5])["status"] == "stopped"
+
+
+def test_the_model_registry_is_read_through_the_api(api, kafka_bootstrap, topic_prefix, serde) -> None:
+    from sluice.models import ModelRegistry, ModelVersion
+
+    server, _, reader, _ = api
+    entity = f"adv-{uuid.uuid4().hex[:6]}"
+    with ModelRegistry(kafka_bootstrap, topic_prefix, serde) as registry:
+        for version in (1, 2):
+            registry.register(ModelVersion(entity, "gbdt", version, 1000 * version, 0, 500, 10_000, "sha256:ab",
+                                           "clicks", "3", f"s3://m/{version}", {"auc": 0.7}))
+        registry.set_status(entity, "gbdt", 1, "retired", "replaced by gbdt-v2")
+    deadline = time.monotonic() + 10
+    while True:  # the API follows the models topic
+        status, body, _ = server.request("GET", f"/v1/models?entity={entity}", token=reader)
+        check_answer("GET", "/v1/models", status, body)
+        if [(m["version"], m["status"]) for m in body["models"]] == [(1, "retired"), (2, "candidate")]:
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+    assert body["models"][0]["reason"] == "replaced by gbdt-v2" and body["models"][1]["arm"] == "gbdt-v2"
+    status, body, _ = server.request("GET", f"/v1/models?entity={entity}&model_type=two-tower", token=reader)
+    assert (status, body) == (200, {"models": []})
+    status, _, _ = server.request("GET", "/v1/models")
+    assert status == 401

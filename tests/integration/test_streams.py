@@ -71,6 +71,17 @@ def traffic_for(entities: list[str], n: int, seed: int, start_ms: int | None = N
     return traffic
 
 
+def wait_for_weight(stream, serde, entity: str, arm: str, timeout_s: float = 30.0) -> None:
+    """Until `entity`'s latest table gives `arm` some weight."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        table = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", entity)]
+        if any(a["arm"] == arm and a["weight"] > 0 for a in table["arms"]):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{entity}'s arm {arm} never got weight: {table['arms']}")
+
+
 def test_weights_move_to_the_best_arm_and_statistics_equal_a_recomputation(stream, serde) -> None:
     worker = stream.start()
     traffic = traffic_for(["site-1", "site-2", "site-3"], 2_000, seed=1)
@@ -210,14 +221,7 @@ def test_a_spec_change_takes_effect_without_restart(stream, serde) -> None:
 
     with stream.registry() as registry:  # a new arm
         registry.apply(bandit_spec("exp", [*RATES, "d"]))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        table = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-1")]
-        if any(a["arm"] == "d" and a["weight"] > 0 for a in table["arms"]):
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError(f"the new arm never got weight: {table['arms']}")
+    wait_for_weight(stream, serde, "site-1", "d")
 
     with stream.registry() as registry:
         paused = registry.set_status("exp", "paused")
@@ -273,14 +277,7 @@ def test_an_arm_added_for_one_entity_leaves_the_other_entities_tables_alone(stre
     with stream.registry() as registry:
         _, scoped = registry.apply(spec_from_mapping(data))
     worker.wait_metric("sluice_stream_spec_version", scoped.spec_version, experiment="exp")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        table = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-1")]
-        if any(a["arm"] == "d" and a["weight"] > 0 for a in table["arms"]):
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError(f"site-1's new arm never got weight: {table['arms']}")
+    wait_for_weight(stream, serde, "site-1", "d")
     ticks = worker.metric("sluice_stream_publication_ticks_total")
     worker.wait_metric_above("sluice_stream_publication_ticks_total", ticks + 1)
     after = latest_tables(stream.bootstrap, stream.prefix, serde)[("exp", "site-2")]
