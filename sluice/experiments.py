@@ -117,7 +117,7 @@ class ExperimentRegistry:
         return self
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
-        self._producer.flush()
+        self._producer.close()
 
     def all(self) -> list[ExperimentSpec]:
         return [self._specs[k] for k in sorted(self._specs)]

@@ -134,7 +134,7 @@ class ModelRegistry:
         return self
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
-        self._producer.flush()
+        self._producer.close()
 
     def all(self, entity: str | None = None, model_type: str | None = None) -> list[ModelVersion]:
         """Every version (of `entity`, of `model_type` when given), by entity, type and version."""

@@ -139,7 +139,7 @@ class TokenRegistry:
         return self
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
-        self._producer.flush()
+        self._producer.close()
 
     def all(self) -> list[ApiToken]:
         """Every token ever created, revoked ones too, oldest first."""

@@ -32,7 +32,7 @@ class AvroProducer:
     def __init__(self, bootstrap: str, serde: Serde, *, security: KafkaSecurity = PLAINTEXT, **overrides: Any) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer(producer_config(bootstrap, security, **overrides))
+        self._producer: Any = Producer(producer_config(bootstrap, security, **overrides))
         self._serde = serde
         self._failures: list[str] = []
         self.delivered = 0
@@ -48,6 +48,8 @@ class AvroProducer:
         self.send_raw(topic, key, self._serde.encode(schema, record))
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        if self._producer is None:
+            raise KafkaAdapterError(f"this producer is closed; nothing more can be sent to {topic}")
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
@@ -58,12 +60,19 @@ class AvroProducer:
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for every queued record; return how many were delivered in total."""
-        remaining = self._producer.flush(timeout_s)
+        remaining = 0 if self._producer is None else self._producer.flush(timeout_s)
         if remaining:
             raise KafkaAdapterError(f"{remaining} records not delivered within {timeout_s:.0f} s")
         if self._failures:
             raise KafkaAdapterError(f"{len(self._failures)} records failed delivery, first: {self._failures[0]}")
         return self.delivered
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Flush, then let the client go now rather than whenever it is collected (a client
+        left behind keeps reconnecting, and logging so, after its broker stops)."""
+        delivered = self.flush(timeout_s)
+        self._producer = None
+        return delivered
 
 
 def read_topics(
