@@ -311,7 +311,12 @@ class ExperimentSpec(_Frozen):
             return self
         arms = tuple(a.model_copy(update={"entities": None}) for a in self.arms
                      if a.entities is None or entity in a.entities)
-        return self.model_copy(update={"arms": arms})
+        names = {a.name for a in arms}
+        g = self.guardrails  # pins and warm-up weights of arms the entity lacks do not apply to it
+        warmup = {a: w for a, w in (g.warmup_weights or {}).items() if a in names}
+        guardrails = g.model_copy(update={"pins": {a: p for a, p in g.pins.items() if a in names},
+                                          "warmup_weights": warmup or None})
+        return self.model_copy(update={"arms": arms, "guardrails": guardrails})
 
     def same_for_entity(self, other: ExperimentSpec, entity: str | None) -> bool:
         """Whether `entity` sees the same experiment in both specs (their versions aside): a

@@ -204,6 +204,16 @@ def test_an_arm_offered_to_some_entities_is_theirs_alone() -> None:
     assert plain.for_entity("x") is plain  # nothing scoped: the same spec, no copy
 
 
+def test_a_pin_on_an_arm_of_some_entities_applies_to_them_only() -> None:
+    from sluice.core.guardrails import apply_guardrails
+
+    spec = spec_from_mapping(scoped(entities=["acme"]) | {"guardrails": {"pins": {"c": 0.1}}})
+    globex = spec.for_entity("globex")
+    assert globex.guardrails.pins == {} and spec.for_entity("acme").guardrails.pins == {"c": 0.1}
+    result = apply_guardrails([0.5, 0.5], globex.guardrails, arms=globex.arm_names)  # no unknown-arm error
+    assert result.weights.tolist() == [0.5, 0.5]
+
+
 def test_adding_an_arm_for_one_entity_changes_nothing_the_others_see() -> None:
     before = spec_from_mapping(scoped(entities=["acme"]))
     after = spec_from_mapping(scoped(entities=["acme", "initech"]) | {"spec_version": 2})
