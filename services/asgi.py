@@ -1,5 +1,5 @@
-"""What the raw ASGI services (the sidecar, the control API) share: the 4xx they answer
-with, and reading a request body as one JSON object within a size limit."""
+"""What the raw ASGI services (the sidecar, the control API) share: the lifespan answer,
+the 4xx they answer with, and reading a request body as one JSON object within a size limit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from typing import Any
 import orjson
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge the server's startup and shutdown (the services hold nothing to open)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 class BadRequest(Exception):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ class LifecycleFollower:
         self.bootstrap, self.prefix, self.serde, self.security = bootstrap, prefix, serde, security
         self.topic = TopicNames(prefix).decisions
         self.group_id = group_id or f"{prefix}-lifecycle"
-        self.handled: list[str] = []  # what each handled decision did, newest last
+        self.handled: deque[str] = deque(maxlen=1000)  # what the latest handled decisions did, newest last
 
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
         from confluent_kafka import Consumer
@@ -57,7 +58,7 @@ class LifecycleFollower:
                     log.error("skipped an unreadable decision at %s[%d]@%d: %s", msg.topic(), msg.partition(),
                               msg.offset(), exc)
                 else:
-                    self.handled += self.handle(record, int(time.time() * 1000))
+                    self.handled.extend(self.handle(record, int(time.time() * 1000)))
                 consumer.commit(msg, asynchronous=False)
         finally:
             consumer.close()

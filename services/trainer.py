@@ -26,6 +26,7 @@ import importlib
 import json
 import logging
 import multiprocessing
+from collections import deque
 import subprocess
 import time
 import uuid
@@ -85,7 +86,7 @@ class Trainer:
         self.names = TopicNames(prefix)
         self.group_id = group_id or f"{prefix}-trainer"
         self._producer = AvroProducer(bootstrap, serde, security=security)
-        self.results: list[dict[str, Any]] = []  # every attempt's result, in order
+        self.results: deque[dict[str, Any]] = deque(maxlen=1000)  # the latest attempts' results, in order
 
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
         from confluent_kafka import Consumer

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.api.control import Actor, ControlPlane, VersionConflict
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
-from services.asgi import BadRequest, read_json_object
+from services.asgi import BadRequest, answer_lifespan, read_json_object
 from sluice.analytics.results import NoResultsError, entity_results, weights_as_of
 from sluice.clickhouse import ClickHouseError
 from sluice.core.spec import ExperimentSpec, SpecError, spec_from_json
@@ -162,7 +162,7 @@ class ApiApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -226,15 +226,6 @@ class ApiApp:
         error = BadRequest(401, message)
         error.headers.append((b"www-authenticate", b'Bearer realm="sluice"'))
         return error
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     # -- routes -----------------------------------------------------------------------
     def healthz(self, request: Request) -> Answer:

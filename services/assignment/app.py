@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.asgi import BadRequest, read_json_object
+from services.asgi import BadRequest, answer_lifespan, read_json_object
 from sluice.client.sdk import AssignmentRequestError, SluiceClient, UnknownNameError
 from sluice.metrics import DeliveryCollector, SidecarMetrics
 
@@ -85,7 +85,7 @@ class SidecarApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -123,15 +123,6 @@ class SidecarApp:
         await send({"type": "http.response.body", "body": body})
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.duration.labels(route).observe(time.perf_counter() - started)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     def _get(self, path: str) -> tuple[int, bytes, bytes]:
         if path == "/healthz":

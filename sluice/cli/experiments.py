@@ -102,37 +102,31 @@ _status_command("resume", "running", "Resume EXPERIMENT_ID after a pause.")
 _status_command("stop", "stopped", "Stop EXPERIMENT_ID for good: the default arm for everyone.")
 
 
-@experiments.command()
-@click.argument("experiment_id")
-@click.argument("arm")
-@click.option("--entity", default=None, help="Only for this entity [default: every entity].")
-@PREFIX
-@sluice_errors
-def reinstate(experiment_id: str, arm: str, entity: str | None, prefix: str) -> None:
-    """Give ARM of EXPERIMENT_ID its traffic back after a health rollback or a decision that
-    retired it (for one --entity, or all). Its health evidence starts again from now; the
-    spec's new version records who was reinstated and when."""
-    with _registry(prefix) as registry:
-        spec = registry.reinstate(experiment_id, arm, entity)
-    where = f"entity {entity!r}" if entity else "every entity"
-    click.echo(f"{spec.id}: {arm} reinstated for {where} (version {spec.spec_version})")
+def _arm_command(name: str, done: str, doc: str) -> click.Command:
+    """`sluice experiments reinstate|retire EXPERIMENT_ID ARM [--entity E]`."""
+
+    @click.argument("experiment_id")
+    @click.argument("arm")
+    @click.option("--entity", default=None, help="Only for this entity [default: every entity].")
+    @PREFIX
+    @sluice_errors
+    def command(experiment_id: str, arm: str, entity: str | None, prefix: str) -> None:
+        from sluice.core.spec import SpecError
+
+        with _registry(prefix) as registry:
+            try:
+                spec = getattr(registry, name)(experiment_id, arm, entity)
+            except SpecError as exc:  # e.g. the default arm cannot be retired
+                raise click.ClickException(str(exc)) from None
+        where = f"entity {entity!r}" if entity else "every entity"
+        click.echo(f"{spec.id}: {arm} {done} for {where} (version {spec.spec_version})")
+
+    command.__doc__ = doc
+    return experiments.command(name)(command)
 
 
-@experiments.command()
-@click.argument("experiment_id")
-@click.argument("arm")
-@click.option("--entity", default=None, help="Only for this entity [default: every entity].")
-@PREFIX
-@sluice_errors
-def retire(experiment_id: str, arm: str, entity: str | None, prefix: str) -> None:
-    """Take ARM of EXPERIMENT_ID out of traffic (for one --entity, or all): the worker holds it
-    at 0 until it is reinstated. The default arm cannot be retired."""
-    from sluice.core.spec import SpecError
-
-    with _registry(prefix) as registry:
-        try:
-            spec = registry.retire(experiment_id, arm, entity)
-        except SpecError as exc:
-            raise click.ClickException(str(exc)) from None
-    where = f"entity {entity!r}" if entity else "every entity"
-    click.echo(f"{spec.id}: {arm} retired for {where} (version {spec.spec_version})")
+_arm_command("reinstate", "reinstated", """Give ARM of EXPERIMENT_ID its traffic back after a health rollback or a
+    decision that retired it (for one --entity, or all). Its health evidence starts again from now; the spec's new
+    version records who was reinstated and when.""")
+_arm_command("retire", "retired", """Take ARM of EXPERIMENT_ID out of traffic (for one --entity, or all): the worker
+    holds it at 0 until it is reinstated. The default arm cannot be retired.""")

@@ -141,7 +141,7 @@ def test_a_version_a_decision_retired_is_retired_in_the_registry_and_leaves_its_
     follower = LifecycleFollower(kafka_bootstrap, topic_prefix, serde)
     deadline = time.monotonic() + 60
     follower.run(until=lambda: bool(follower.handled) or time.monotonic() > deadline)
-    assert follower.handled == ["retired site-1/gbdt v5: its arm gbdt-v5 was retired by a KILL decision (futility)",
+    assert list(follower.handled) == ["retired site-1/gbdt v5: its arm gbdt-v5 was retired by a KILL decision (futility)",
                                 "gbdt-v5 leaves ranking for 'site-1'"]
     with ModelRegistry(kafka_bootstrap, topic_prefix, serde) as registry, \
             ExperimentRegistry(kafka_bootstrap, topic_prefix, serde) as experiments:
