@@ -3,7 +3,8 @@
 
 A raw ASGI application on uvicorn, like the assignment sidecar: a route table, a JSON
 parse, a call to the control plane (`services.api.control`), an answer; `openapi.yaml`
-beside this file is the contract. Every route but /healthz and /metrics needs
+beside this file is the contract; the web console's files are served under /console/
+(`services.api.console`). Every route but /healthz, /metrics and the console's needs
 `Authorization: Bearer <token>`: a missing, malformed, unknown or revoked token gets 401, a
 token without the route's scope 403, and neither reads the body or changes anything. A
 malformed request gets a 4xx whose `error` names the field; anything else is a bug (500,
@@ -32,6 +33,7 @@ from urllib.parse import parse_qs
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.api import console
 from services.api.control import Actor, ControlPlane, VersionConflict
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
 from services.asgi import BadRequest, answer_lifespan, read_json_object
@@ -158,6 +160,11 @@ class ApiApp:
             Route("GET", f"{exp}/results", "read", self.results),
             Route("GET", f"{exp}/as-of", "read", self.as_of),
             Route("GET", "/v1/models", "read", self.list_models),
+            Route("GET", "/v1/whoami", "read", self.whoami),
+            Route("GET", "/", None, self.to_console),
+            Route("GET", "/console", None, self.to_console),
+            Route("GET", "/console/", None, self.console_file),
+            Route("GET", "/console/{file}", None, self.console_file),
         ])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -245,6 +252,24 @@ class ApiApp:
         """The model registry's versions, of one entity and model type when asked."""
         found = self.control.models(request.query_value("entity"), request.query_value("model_type"))
         return Answer(200, orjson.dumps({"models": [v.public() for v in found]}))
+
+    def whoami(self, request: Request) -> Answer:
+        """The token's id, name and scope, and whether it may change experiments (the console
+        enables its buttons by it; the change routes decide all the same)."""
+        token = self._actor(request).token
+        return Answer(200, orjson.dumps({"token_id": token.token_id, "name": token.name, "scope": token.scope,
+                                         "may_change": grants(token.scope, "write")}))
+
+    def to_console(self, request: Request) -> Answer:
+        return Answer(302, b"", b"text/plain", [(b"location", b"/console/")])
+
+    def console_file(self, request: Request) -> Answer:
+        """One of the console's files; /console/ is its page."""
+        try:
+            body, content_type = console.console_file(request.params.get("file", "index.html"))
+        except console.ConsoleFileNotFound as exc:
+            raise BadRequest(404, str(exc)) from None
+        return Answer(200, body, content_type, list(console.HEADERS))
 
     def create(self, request: Request) -> Answer:
         if request.body is None:

@@ -295,3 +295,30 @@ def test_the_model_registry_is_read_through_the_api(api, kafka_bootstrap, topic_
     assert (status, body) == (200, {"models": []})
     status, _, _ = server.request("GET", "/v1/models")
     assert status == 401
+
+
+def test_whoami_names_the_token_and_the_console_is_served_without_one(api) -> None:
+    import http.client
+
+    server, writer, reader, _ = api
+    status, body, _ = server.request("GET", "/v1/whoami", token=writer["secret"])
+    check_answer("GET", "/v1/whoami", status, body)
+    assert body == {"token_id": writer["token_id"], "name": "release bot", "scope": "write", "may_change": True}
+    status, body, _ = server.request("GET", "/v1/whoami", token=reader)
+    assert (status, body["name"], body["scope"], body["may_change"]) == (200, "dashboard", "read", False)
+    assert server.request("GET", "/v1/whoami")[0] == 401
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/")
+    answer = connection.getresponse()
+    assert (answer.status, answer.getheader("location")) == (302, "/console/")
+    connection.close()
+    status, page, headers = server.request("GET", "/console/")
+    assert status == 200 and headers["content-type"].startswith("text/html") and "/console/console.js" in page
+    assert "default-src 'self'" in headers["content-security-policy"]  # the token's page runs only its own script
+    status, script, headers = server.request("GET", "/console/console.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript") and "/v1/whoami" in script
+    for path in ("/console/nope.js", "/console/..", "/console/.hidden.css", "/console/__init__.py"):
+        status, body, _ = server.request("GET", path)
+        check_answer("GET", "/console/{file}", status, body)
+        assert status == 404 and "not a file of the console" in body["error"], (path, body)

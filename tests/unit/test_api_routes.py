@@ -1,7 +1,7 @@
 """The control API's routing and its contract: paths match templates segment by segment, an
 unknown path is 404 and a known one with another method 405 listing the allowed ones, every
 route is in openapi.yaml with the scope it needs, and the document's spec schemas are those
-of the model that validates specs."""
+of the model that validates specs; the console serves only its own files."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from services.api.app import ApiApp
+from services.api.console import ConsoleFileNotFound, console_file
 from services.api.openapi_schemas import OPENAPI, render
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
 
@@ -78,3 +79,15 @@ def test_the_contract_says_which_routes_need_no_token() -> None:
 def test_the_spec_schemas_of_the_contract_are_those_the_server_validates_with() -> None:
     text = OPENAPI.read_text()
     assert render(text) == text, "openapi.yaml is out of date: run python -m services.api.openapi_schemas"
+
+
+@pytest.mark.parametrize("name", ["index.html", "console.js", "console.css"])
+def test_the_console_serves_its_own_files(name: str) -> None:
+    body, content_type = console_file(name)
+    assert body and content_type.split(b";")[0] in (b"text/html", b"text/javascript", b"text/css")
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden.js", "../app.py", "app.py", "nope.js", "", "INDEX.HTML"])
+def test_the_console_serves_nothing_else(name: str) -> None:
+    with pytest.raises(ConsoleFileNotFound, match="not a file of the console"):
+        console_file(name)
