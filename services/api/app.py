@@ -37,7 +37,7 @@ from services.api import console
 from services.api.control import Actor, ControlPlane, VersionConflict
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
 from services.asgi import BadRequest, answer_lifespan, read_json_object
-from sluice.analytics.results import NoResultsError, entity_results, weights_as_of
+from sluice.analytics.results import NoResultsError, entity_history, entity_results, weights_as_of
 from sluice.clickhouse import ClickHouseError
 from sluice.core.spec import ExperimentSpec, SpecError, spec_from_json
 from sluice.experiments import ExperimentNotFoundError
@@ -159,6 +159,7 @@ class ApiApp:
             Route("POST", f"{exp}/arms/{{arm}}/retire", "write", self.retire),
             Route("GET", f"{exp}/results", "read", self.results),
             Route("GET", f"{exp}/as-of", "read", self.as_of),
+            Route("GET", f"{exp}/history", "read", self.history),
             Route("GET", "/v1/models", "read", self.list_models),
             Route("GET", "/v1/whoami", "read", self.whoami),
             Route("GET", "/", None, self.to_console),
@@ -323,6 +324,11 @@ class ApiApp:
         entity = request.query_value("entity") or ""
         at_ms = _moment_ms(request.query_value("at", required=True) or "")
         return self._read_results(lambda: weights_as_of(self.clickhouse, self.database, spec, entity, at_ms))
+
+    def history(self, request: Request) -> Answer:
+        spec = self._results_experiment(request)
+        entity = request.query_value("entity") or ""
+        return self._read_results(lambda: entity_history(self.clickhouse, self.database, spec, entity))
 
     # -- helpers ----------------------------------------------------------------------
     def _results_experiment(self, request: Request) -> ExperimentSpec:

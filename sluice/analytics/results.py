@@ -5,7 +5,8 @@ worker's window), each arm's mean with its 95 % interval and P(best), the latest
 with its rule, recent alerts, and the latest offline estimates. `weights_as_of`: the table
 in force at a past moment and the reward by arm it was computed from, from the weight-table
 history (every version the sink landed), so "what did the bandit believe on Tuesday at 10"
-has an exact answer.
+has an exact answer. `entity_history`: the tables over time with each one's P(best), and the
+estimated cumulative regret of the traffic as served, for the console's plots.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from sluice.analytics.attribution import hourly
+from sluice.analytics.report import period_regret
 from sluice.clickhouse import ClickHouseError
 from sluice.core.spec import ExperimentSpec
 from sluice.core.stats.comparison import ArmData, compare
+from sluice.core.thompson import beta_best_probabilities
 from sluice.errors import SluiceError
 
 ALERTS_SHOWN = 20
+HISTORY_POINTS = 150  # P(best) is computed for at most this many tables of an entity
 
 
 class NoResultsError(SluiceError):
@@ -65,6 +70,54 @@ def _table(client: Any, database: str, spec: ExperimentSpec, entity: str, at_ms:
     return {"version": first["version"], "computed_at_ms": first["computed_at_ms"], "policy": first["policy"],
             "reason": first["reason"], "window_start_ms": first["window_start_ms"],
             "window_end_ms": first["window_end_ms"], "arms": arms}
+
+
+def entity_history(client: Any, database: str, spec: ExperimentSpec, entity: str,
+                   max_points: int = HISTORY_POINTS) -> dict[str, Any]:
+    """The weight tables of (experiment, entity) over time and the regret of its traffic.
+
+    `tables`: at most `max_points` of its tables spread evenly over its history, oldest
+    first, each with its weights and, for a binary reward, the exact P(best) of its window
+    (None for a continuous one). `regret`: after each hour of attributed serves (epoch ms),
+    the estimated cumulative regret of the traffic as served and of an equal split of it,
+    against each day's best arm (`period_regret`, as the report draws it); empty while no
+    serve landed. Raises `NoResultsError` while no table of it has landed.
+    """
+    rows = _rows(client, f"""
+        SELECT version, arm, weight, count, sum, toUnixTimestamp64Milli(computed_at) AS computed_at_ms
+        FROM {database}.weights WHERE experiment_id = {{e:String}} AND entity = {{x:String}}
+        ORDER BY version LIMIT 1 BY version, arm""", {"e": spec.id, "x": entity})
+    if not rows:
+        raise NoResultsError(f"no weight table of experiment {spec.id!r} for entity {entity!r} in ClickHouse yet")
+    arms = [a for a in spec.arm_names if any(r["arm"] == a for r in rows)]
+    arms += sorted({r["arm"] for r in rows} - set(arms))
+    versions = sorted({r["version"] for r in rows})
+    kept = {versions[i] for i in np.unique(np.linspace(0, len(versions) - 1, min(max_points, len(versions))).astype(int))}
+    by_version: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["version"] in kept:
+            by_version.setdefault(r["version"], {})[r["arm"]] = r
+    tables = []
+    for version in sorted(by_version):
+        table = by_version[version]
+        n = np.array([table[a]["count"] if a in table else 0 for a in arms], dtype=float)
+        # Successes capped at observations, as the worker's posterior caps them.
+        successes = np.minimum([table[a]["sum"] if a in table else 0 for a in arms], n)
+        p_best = beta_best_probabilities(1 + successes, 1 + n - successes) if spec.reward.type == "binary" else None
+        tables.append({"version": version, "computed_at_ms": next(iter(table.values()))["computed_at_ms"],
+                       "weights": {a: table[a]["weight"] for a in arms if a in table},
+                       "p_best": None if p_best is None else dict(zip(arms, p_best.tolist()))})
+    try:
+        served = hourly(client, spec.id, database, arms={entity: arms}).get(entity)
+    except Exception as exc:  # clickhouse-connect's and chDB's own errors
+        raise ClickHouseError(f"reading the attributed hours from ClickHouse failed: {exc}") from exc
+    if served is None:
+        regret: dict[str, list[float]] = {"hours_ms": [], "experiment": [], "equal_split": []}
+    else:
+        policy, equal = period_regret(served.hours, served.count, served.sum)
+        regret = {"hours_ms": served.hours.astype(int).tolist(), "experiment": policy.tolist(),
+                  "equal_split": equal.tolist()}
+    return {"experiment": spec.id, "entity": entity, "arms": arms, "tables": tables, "regret": regret}
 
 
 def _statistics(spec: ExperimentSpec, table: dict[str, Any]) -> dict[str, Any]:

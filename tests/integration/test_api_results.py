@@ -122,3 +122,24 @@ def test_as_of_gives_the_table_in_force_at_each_past_moment(published) -> None:
         assert got == status and words in body["error"], (query, body)
     status, body, _ = server.request("GET", "/v1/experiments/nope/results?entity=site-1", token=reader)
     assert status == 404 and "'nope' is not on" in body["error"]
+
+
+def test_history_gives_each_tables_weights_and_p_best_oldest_first(published) -> None:
+    server, reader, _, first, second = published
+    deadline = time.monotonic() + 60
+    while (answer := server.request("GET", "/v1/experiments/ranking/history?entity=site-1", token=reader))[0] == 404 \
+            or len(answer[1]["tables"]) < 2:
+        assert time.monotonic() < deadline, f"the sink inside the API did not land both tables: {answer[1]}"
+        time.sleep(0.2)
+    status, body, _ = answer
+    check_answer("GET", "/v1/experiments/{experiment_id}/history", status, body)
+    assert body["arms"] == ["a", "b", "c"]
+    assert [(t["version"], t["computed_at_ms"]) for t in body["tables"]] == [(1, first), (2, second)]
+    assert body["tables"][1]["weights"] == {"a": 0.1, "b": 0.2, "c": 0.7}
+    p_best = [t["p_best"] for t in body["tables"]]
+    assert all(sum(p.values()) == pytest.approx(1) for p in p_best)
+    assert p_best[0]["c"] < p_best[1]["c"] and p_best[1]["c"] > 0.99  # 30 vs 160 successes of 100 vs 400
+    assert body["regret"] == {"hours_ms": [], "experiment": [], "equal_split": []}  # no serve landed
+    status, body, _ = server.request("GET", "/v1/experiments/ranking/history?entity=site-9", token=reader)
+    check_answer("GET", "/v1/experiments/{experiment_id}/history", status, body)
+    assert status == 404 and "entity 'site-9'" in body["error"]

@@ -147,8 +147,9 @@ def test_a_writer_pauses_an_experiment_in_the_console_and_the_sidecar_serves_the
     assert list(p_best) == ["a", "b", "c"] and float(p_best["c"].split()[0]) > 99, p_best
     plots = wait_for(browser, "the plots", lambda d: [len(d.find_elements("css selector", f"#{plot} {mark}"))
                                                       for plot, mark in [("p-best-plot", "rect"), ("regret-plot", "rect"),
-                                                                         ("interval-plot", "circle")]])
-    assert plots == [3, 3, 3]
+                                                                         ("interval-plot", "circle"),
+                                                                         ("p-best-history", "circle")]])
+    assert plots == [3, 3, 3, 3]  # per arm: a bar, a bar, an interval, and one point of the one table so far
 
     pause = browser.find_element("id", "pause")
     assert pause.is_enabled() and not browser.find_element("id", "resume").is_enabled()

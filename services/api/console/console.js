@@ -6,6 +6,7 @@
 
 const TOKEN_KEY = "sluice.console.token";
 const REFRESH_MS = 3000;
+const HISTORY_REFRESH_MS = 15000; // the history also changes with serves landing, not only with new tables
 const COLOURS = ["#2f6fde", "#e8702a", "#2a9d5c", "#c23b8a", "#7a5af5", "#9a7b16", "#1b9aaa", "#5c6370"];
 
 let who = null; // the token's {token_id, name, scope, may_change}, from /v1/whoami
@@ -130,6 +131,63 @@ function intervalPlot(id, title, arms) {
   return plot;
 }
 
+// Lines over time: `series` [{label, points: [[epoch ms, y], ...]}], y from 0 to `yMax`.
+function linePlot(id, title, series, yMax, format) {
+  const left = 50, width = 380, right = 70, top = 22, plotHeight = 140;
+  const times = series.flatMap((s) => s.points.map(([t]) => t));
+  const t0 = Math.min(...times), t1 = Math.max(...times);
+  const x = (t) => left + (t1 > t0 ? ((t - t0) / (t1 - t0)) * width : width / 2);
+  const y = (v) => top + plotHeight - (yMax > 0 ? Math.min(1, Math.max(0, v / yMax)) : 0) * plotHeight;
+  const plot = svg("svg", { id, viewBox: `0 0 ${left + width + right} ${top + plotHeight + 30}`, role: "img",
+                            "aria-label": title },
+    svg("text", { x: 0, y: 12 }, title),
+    svg("line", { class: "axis", x1: left, x2: left + width, y1: y(0), y2: y(0) }),
+    svg("line", { class: "axis", x1: left, x2: left, y1: y(0), y2: y(yMax) }),
+    svg("text", { x: left - 4, y: y(yMax) + 4, "text-anchor": "end" }, format(yMax)),
+    svg("text", { x: left - 4, y: y(0) + 4, "text-anchor": "end" }, format(0)),
+    svg("text", { x: left, y: y(0) + 16 }, moment(t0)),
+    svg("text", { x: left + width, y: y(0) + 16, "text-anchor": "end" }, moment(t1)));
+  series.forEach((s, i) => {
+    const colour = s.colour || COLOURS[i % COLOURS.length];
+    const points = s.points.map(([t, v]) => `${x(t)},${y(v)}`).join(" ");
+    plot.append(svg("polyline", { points, fill: "none", stroke: colour, "stroke-width": 1.5,
+                                  "stroke-dasharray": s.dashed ? "4 3" : "none" }));
+    if (s.points.length <= 40) {
+      for (const [t, v] of s.points) plot.append(svg("circle", { cx: x(t), cy: y(v), r: 2.5, fill: colour }));
+    }
+    const last = s.points[s.points.length - 1];
+    if (last) plot.append(svg("text", { x: x(last[0]) + 5, y: y(last[1]) + 4, fill: colour }, s.label));
+  });
+  return plot;
+}
+
+function historyPlots(history) {
+  const plots = [];
+  const withPBest = history.tables.filter((t) => t.p_best !== null);
+  if (withPBest.length) {
+    plots.push(linePlot("p-best-history", "P(best) over time (each table's window)",
+      history.arms.map((arm) => ({ label: arm, points: withPBest.map((t) => [t.computed_at_ms, t.p_best[arm] ?? 0]) })),
+      1, (v) => v.toFixed(1)));
+  } else {
+    plots.push(el("p", { class: "muted" }, "P(best) over time is computed for a binary reward."));
+  }
+  plots.push(linePlot("weights-history", "weights over time",
+    history.arms.map((arm) => ({ label: arm, points: history.tables.map((t) => [t.computed_at_ms, t.weights[arm] ?? 0]) })),
+    1, (v) => v.toFixed(1)));
+  const regret = history.regret;
+  if (regret.hours_ms.length) {
+    const top = Math.max(...regret.experiment, ...regret.equal_split, 1e-12);
+    plots.push(linePlot("regret-history", "estimated cumulative regret vs each day's best arm", [
+      { label: "served", points: regret.hours_ms.map((t, i) => [t, regret.experiment[i]]), colour: COLOURS[0] },
+      { label: "equal split", points: regret.hours_ms.map((t, i) => [t, regret.equal_split[i]]), colour: COLOURS[7],
+        dashed: true }], top, (v) => v.toPrecision(2)));
+  } else {
+    plots.push(el("p", { id: "regret-history-note", class: "muted" },
+                  "Regret over time: no attributed serves of this entity in ClickHouse yet."));
+  }
+  return el("div", { class: "plots" }, plots);
+}
+
 // -- views -----------------------------------------------------------------------------
 function render(...nodes) {
   const view = document.getElementById("view");
@@ -196,6 +254,7 @@ async function experimentView(id, entity) {
   const version = el("span", { class: "muted" });
   const live = el("div", { id: "live" }, el("p", { class: "muted" }, "Loading…"));
   const asOfResult = el("div", { id: "as-of-result" });
+  let history = { version: null, entity: null, at: 0, node: el("p", { class: "muted" }, "–") };
 
   const canChange = () => Boolean(who && who.may_change);
   const actionButton = (action, label) => el("button", { id: action, type: "button", onclick: () => change(action) }, label);
@@ -304,6 +363,15 @@ async function experimentView(id, entity) {
       note = exc.message; // no table yet, or results are off: the arms are still shown
     }
     const w = results ? results.weights : null;
+    if (w && (w.version !== history.version || currentEntity() !== history.entity
+              || Date.now() - history.at > HISTORY_REFRESH_MS)) {
+      try {
+        const found = await api("GET", `${experimentPath(id)}/history?entity=${encodeURIComponent(currentEntity())}`);
+        history = { version: w.version, entity: currentEntity(), at: Date.now(), node: historyPlots(found) };
+      } catch (exc) {
+        history = { version: null, entity: null, at: 0, node: el("p", { class: "muted" }, exc.message) };
+      }
+    }
     live.replaceChildren(
       el("section", {}, el("h2", {}, "Weights in force"),
         el("p", { class: "muted", id: "weights-caption" }, w
@@ -311,6 +379,7 @@ async function experimentView(id, entity) {
           : note),
         weightsTable("weights", w)),
       el("section", {}, el("h2", {}, "Statistics"), results ? statisticsBlock(results.statistics) : el("p", { class: "muted" }, "–")),
+      el("section", {}, el("h2", {}, "Over time"), w ? history.node : el("p", { class: "muted" }, "–")),
       el("section", {}, el("h2", {}, "Decision and alerts"),
         results ? decisionBlock(results.decision, results.alerts) : el("p", { class: "muted" }, "–")));
   }
