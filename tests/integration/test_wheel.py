@@ -33,9 +33,11 @@ import json, sluice
 from sluice.avro import BUNDLED_SCHEMAS, SchemaSet
 from sluice.config import Settings, checkout_root
 from sluice.local.kafka import LOG4J_CONFIG, POM
+from services.api.console import console_file
 s = Settings()
 print(json.dumps({"package": sluice.__file__, "schemas": str(BUNDLED_SCHEMAS), "names": SchemaSet.bundled().names,
                   "pom": str(POM), "pom_found": POM.is_file(), "log4j_found": LOG4J_CONFIG.is_file(),
+                  "console_found": all(console_file(f)[0] for f in ("index.html", "console.js", "console.css")),
                   "checkout": checkout_root() and str(checkout_root()),
                   "home": str(s.sluice_home), "cache": str(s.sluice_cache)}))
 """
@@ -98,6 +100,7 @@ def test_installed_package_finds_its_files_and_keeps_data_per_user(venv: Path, o
     assert Path(probe["schemas"]).resolve().is_relative_to(site)
     assert {"io.sluice.ServeEvent", "io.sluice.RewardEvent", "io.sluice.WeightTable"} <= set(probe["names"])
     assert Path(probe["pom"]).resolve().is_relative_to(site) and probe["pom_found"] and probe["log4j_found"]
+    assert probe["console_found"]  # the web console `sluice api` serves
     assert probe["checkout"] is None
     assert probe["home"] == env["HOME"] + "/.local/state/sluice"
     assert probe["cache"] == env["HOME"] + "/.cache/sluice"
