@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,12 @@ def weights_shown(driver: Any) -> dict[str, str]:
     return shown if all(w != "–" for w in shown.values()) else {}
 
 
+def arm_row(driver: Any, arm: str) -> tuple[str, bool]:
+    """The text of `arm`'s row in the weights table, and whether its Retire button is enabled."""
+    row = driver.find_element("css selector", f'#weights tr[data-arm="{arm}"]')
+    return row.text, row.find_element("css selector", ".retire").is_enabled()
+
+
 def assign(sidecar: Sidecar, experiment: str) -> dict[str, Any]:
     status, body = sidecar.request("POST", "/v1/assign", {"experiment": experiment, "unit_id": "u-7", "entity": ENTITY})
     assert status == 200, body
@@ -163,6 +170,15 @@ def test_a_writer_pauses_an_experiment_in_the_console_and_the_sidecar_serves_the
     status, body, _ = api.request("GET", f"/v1/experiments/{experiment}", token=stack["writer"]["secret"])
     assert (status, body["status"]) == (200, "paused")
 
+    # Retire arm b for this entity only, from its row in the weights table.
+    wait_for(browser, "the row of arm b", lambda d: d.find_element("css selector", '#weights tr[data-arm="b"] .retire')).click()
+    wait_for(browser, "the retirement confirmed", lambda d: "arm b: retire done" in d.find_element("id", "message").text)
+    text, can_retire = wait_for(browser, "arm b shown retired",
+                                lambda d: row if "retired" in (row := arm_row(d, "b"))[0] else None)
+    assert text.startswith("b retired") and not can_retire
+    status, body, _ = api.request("GET", f"/v1/experiments/{experiment}", token=stack["writer"]["secret"])
+    assert [(r["arm"], r["entity"]) for r in body["health"]["retired"]] == [("b", ENTITY)]
+
 
 def test_a_read_only_token_sees_the_actions_disabled_and_the_apis_refusal(stack, browser) -> None:
     api, experiment = stack["api"], stack["experiment"]
@@ -178,6 +194,22 @@ def test_a_read_only_token_sees_the_actions_disabled_and_the_apis_refusal(stack,
         b.is_enabled() for b in d.find_elements("css selector", "#pause, #resume, #stop, #weights button")])
     assert enabled == [False] * (3 + 2 * 3)  # pause, resume, stop, and retire and reinstate of each arm
     assert "scope read" in browser.find_element("id", "who").text
+
+    # The as-of form: a minute from now gives the table in force; a day ago, the API's 404.
+    def weights_as_of(minutes: int) -> None:
+        at = datetime.fromtimestamp(time.time() + 60 * minutes, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M")
+        browser.execute_script("document.getElementById('as-of-at').value = arguments[0]", at)
+        browser.find_element("id", "as-of-show").click()
+
+    weights_as_of(1)
+    shown = wait_for(browser, "the weights as of a minute from now", lambda d: {
+        r.get_attribute("data-arm"): r.find_element("css selector", ".weight").text
+        for r in d.find_elements("css selector", "#as-of-weights tbody tr")})
+    assert shown == {"a": "0.200", "b": "0.300", "c": "0.500"}
+    weights_as_of(-24 * 60)
+    refusal = wait_for(browser, "the refusal of a moment before any table",
+                       lambda d: "404" in (text := d.find_element("id", "as-of-result").text) and text)
+    assert "was computed at or before" in refusal
 
     # The page only reflects the scope; the API decides. Forced on, the button gets a 403,
     # and the page shows the API's own words.

@@ -285,6 +285,13 @@ async function experimentView(id, entity) {
   }
 
   const currentEntity = () => (entityField === null ? "" : entityField.value.trim());
+  // As the worker reads the spec (HealthConfig.is_retired): retired by hand for this entity
+  // (or all) more recently than reinstated.
+  function retired(arm) {
+    const latest = (changes) => Math.max(0, ...changes
+      .filter((c) => c.arm === arm && (c.entity === null || c.entity === currentEntity())).map((c) => c.at_ms));
+    return latest(spec.health.retired) > latest(spec.health.reinstated);
+  }
   const offered = (arm) => arm.entities === null || !currentEntity() || arm.entities.includes(currentEntity());
 
   function weightsTable(id_, weights) {
@@ -294,7 +301,8 @@ async function experimentView(id, entity) {
       const bar = el("span", { class: "bar" });
       bar.style.width = `${w ? Math.round(w.weight * 120) : 0}px`;
       const cells = [
-        el("td", {}, arm.name, arm.name === spec.default_arm ? el("span", { class: "muted" }, " (default)") : null),
+        el("td", {}, arm.name, arm.name === spec.default_arm ? el("span", { class: "muted" }, " (default)") : null,
+           retired(arm.name) ? el("span", { class: "retired" }, " retired") : null),
         el("td", { class: "num weight" }, bar, w ? number(w.weight) : "–"),
         el("td", { class: "num" }, w ? w.serves : "–"),
         el("td", { class: "num" }, w ? w.count : "–"),
@@ -303,7 +311,7 @@ async function experimentView(id, entity) {
       if (id_ === "weights") {
         const forWhom = currentEntity() ? `for ${currentEntity()}` : "for every entity";
         cells.push(el("td", {},
-          el("button", { type: "button", class: "retire", disabled: !canChange() || arm.name === spec.default_arm,
+          el("button", { type: "button", class: "retire", disabled: !canChange() || arm.name === spec.default_arm || retired(arm.name),
                          title: `hold ${arm.name} at 0 ${forWhom}`, onclick: () => change("retire", arm.name) }, "Retire"),
           " ",
           el("button", { type: "button", class: "reinstate", disabled: !canChange(),
