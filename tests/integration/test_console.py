@@ -75,6 +75,7 @@ def browser() -> Iterator[Any]:
                     "chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for its script errors
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--window-size=1280,1600"):
         options.add_argument(argument)
@@ -96,6 +97,13 @@ def wait_for(driver: Any, what: str, condition: Any, timeout_s: float = WAIT_S) 
     except TimeoutException:
         message = driver.find_element("id", "message").text
         raise AssertionError(f"{what} within {timeout_s} s; the page says: {message!r}") from None
+
+
+def script_errors(driver: Any) -> list[str]:
+    """What the page's script threw or the browser refused (a blocked resource, say); the
+    API's refusals, which the page shows, are not counted."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and "Failed to load resource: the server responded with a status of 4" not in e["message"]]
 
 
 def log_in(driver: Any, url: str, secret: str) -> None:
@@ -178,6 +186,7 @@ def test_a_writer_pauses_an_experiment_in_the_console_and_the_sidecar_serves_the
     assert text.startswith("b retired") and not can_retire
     status, body, _ = api.request("GET", f"/v1/experiments/{experiment}", token=stack["writer"]["secret"])
     assert [(r["arm"], r["entity"]) for r in body["health"]["retired"]] == [("b", ENTITY)]
+    assert script_errors(browser) == []
 
 
 def test_a_read_only_token_sees_the_actions_disabled_and_the_apis_refusal(stack, browser) -> None:
@@ -218,3 +227,4 @@ def test_a_read_only_token_sees_the_actions_disabled_and_the_apis_refusal(stack,
     message = wait_for(browser, "the refusal shown", lambda d: d.find_element("id", "message").text)
     assert "403" in message and "scope read; this route needs write" in message
     assert api.request("GET", f"/v1/experiments/{experiment}", token=stack["reader"]["secret"])[1]["status"] != "stopped"
+    assert script_errors(browser) == []

@@ -11,6 +11,7 @@ const COLOURS = ["#2f6fde", "#e8702a", "#2a9d5c", "#c23b8a", "#7a5af5", "#9a7b16
 
 let who = null; // the token's {token_id, name, scope, may_change}, from /v1/whoami
 let refreshTimer = null;
+let shown = 0; // which view is on the page: a view that was left stops refreshing
 
 class ApiError extends Error {
   constructor(status, message) {
@@ -161,20 +162,20 @@ function linePlot(id, title, series, yMax, format) {
   return plot;
 }
 
-function historyPlots(history) {
+function historyPlots(past) {
   const plots = [];
-  const withPBest = history.tables.filter((t) => t.p_best !== null);
+  const withPBest = past.tables.filter((t) => t.p_best !== null);
   if (withPBest.length) {
     plots.push(linePlot("p-best-history", "P(best) over time (each table's window)",
-      history.arms.map((arm) => ({ label: arm, points: withPBest.map((t) => [t.computed_at_ms, t.p_best[arm] ?? 0]) })),
+      past.arms.map((arm) => ({ label: arm, points: withPBest.map((t) => [t.computed_at_ms, t.p_best[arm] ?? 0]) })),
       1, (v) => v.toFixed(1)));
   } else {
     plots.push(el("p", { class: "muted" }, "P(best) over time is computed for a binary reward."));
   }
   plots.push(linePlot("weights-history", "weights over time",
-    history.arms.map((arm) => ({ label: arm, points: history.tables.map((t) => [t.computed_at_ms, t.weights[arm] ?? 0]) })),
+    past.arms.map((arm) => ({ label: arm, points: past.tables.map((t) => [t.computed_at_ms, t.weights[arm] ?? 0]) })),
     1, (v) => v.toFixed(1)));
-  const regret = history.regret;
+  const regret = past.regret;
   if (regret.hours_ms.length) {
     const top = Math.max(...regret.experiment, ...regret.equal_split, 1e-12);
     plots.push(linePlot("regret-history", "estimated cumulative regret vs each day's best arm", [
@@ -232,7 +233,9 @@ function logOut(reason) {
 }
 
 async function listView() {
+  const view = shown;
   const { experiments } = await api("GET", "/v1/experiments");
+  if (view !== shown) return;
   const rows = experiments.map((e) => el("tr", { "data-experiment": e.id },
     el("td", {}, el("a", { href: `#/experiments/${encodeURIComponent(e.id)}` }, e.id)),
     el("td", {}, el("span", { class: `status status-${e.status}` }, e.status)),
@@ -247,14 +250,16 @@ async function listView() {
 
 // The experiment page: the spec's state and actions, then one entity's results, refreshed.
 async function experimentView(id, entity) {
+  const view = shown;
   let spec = await api("GET", experimentPath(id));
+  if (view !== shown) return;
   const entityField = spec.entity === null ? null
     : el("input", { id: "entity", value: entity, list: "entities", placeholder: spec.entity, "aria-label": "entity" });
   const status = el("span", { id: "status" });
   const version = el("span", { class: "muted" });
   const live = el("div", { id: "live" }, el("p", { class: "muted" }, "Loading…"));
   const asOfResult = el("div", { id: "as-of-result" });
-  let history = { version: null, entity: null, at: 0, node: el("p", { class: "muted" }, "–") };
+  let timeline = { version: null, entity: null, at: 0, node: el("p", { class: "muted" }, "–") };
 
   const canChange = () => Boolean(who && who.may_change);
   const actionButton = (action, label) => el("button", { id: action, type: "button", onclick: () => change(action) }, label);
@@ -294,7 +299,9 @@ async function experimentView(id, entity) {
   }
   const offered = (arm) => arm.entities === null || !currentEntity() || arm.entities.includes(currentEntity());
 
-  function weightsTable(id_, weights) {
+  // The arms offered to the entity with a weight table's numbers; `live`: the table in force,
+  // with the arms' retirement and their actions (not for a past moment's table).
+  function weightsTable(tableId, weights, { live = false } = {}) {
     const byArm = new Map((weights ? weights.arms : []).map((a) => [a.arm, a]));
     const rows = spec.arms.filter(offered).map((arm) => {
       const w = byArm.get(arm.name);
@@ -302,13 +309,13 @@ async function experimentView(id, entity) {
       bar.style.width = `${w ? Math.round(w.weight * 120) : 0}px`;
       const cells = [
         el("td", {}, arm.name, arm.name === spec.default_arm ? el("span", { class: "muted" }, " (default)") : null,
-           retired(arm.name) ? el("span", { class: "retired" }, " retired") : null),
+           live && retired(arm.name) ? el("span", { class: "retired" }, " retired") : null),
         el("td", { class: "num weight" }, bar, w ? number(w.weight) : "–"),
         el("td", { class: "num" }, w ? w.serves : "–"),
         el("td", { class: "num" }, w ? w.count : "–"),
         el("td", { class: "num" }, w ? number(w.mean, 4) : "–"),
       ];
-      if (id_ === "weights") {
+      if (live) {
         const forWhom = currentEntity() ? `for ${currentEntity()}` : "for every entity";
         cells.push(el("td", {},
           el("button", { type: "button", class: "retire", disabled: !canChange() || arm.name === spec.default_arm || retired(arm.name),
@@ -321,8 +328,8 @@ async function experimentView(id, entity) {
       return el("tr", { "data-arm": arm.name }, cells);
     });
     const head = [["arm"], ["weight", "num"], ["serves", "num"], ["observations", "num"], ["mean", "num"]];
-    if (id_ === "weights") head.push(["actions"]);
-    return table(id_, head, rows);
+    if (live) head.push(["actions"]);
+    return table(tableId, head, rows);
   }
 
   function statisticsBlock(statistics) {
@@ -357,6 +364,7 @@ async function experimentView(id, entity) {
   }
 
   async function refresh() {
+    if (view !== shown) return;
     const path = `${experimentPath(id)}/results?entity=${encodeURIComponent(currentEntity())}`;
     let results = null, note = null;
     try {
@@ -371,13 +379,13 @@ async function experimentView(id, entity) {
       note = exc.message; // no table yet, or results are off: the arms are still shown
     }
     const w = results ? results.weights : null;
-    if (w && (w.version !== history.version || currentEntity() !== history.entity
-              || Date.now() - history.at > HISTORY_REFRESH_MS)) {
+    if (w && (w.version !== timeline.version || currentEntity() !== timeline.entity
+              || Date.now() - timeline.at > HISTORY_REFRESH_MS)) {
       try {
         const found = await api("GET", `${experimentPath(id)}/history?entity=${encodeURIComponent(currentEntity())}`);
-        history = { version: w.version, entity: currentEntity(), at: Date.now(), node: historyPlots(found) };
+        timeline = { version: w.version, entity: currentEntity(), at: Date.now(), node: historyPlots(found) };
       } catch (exc) {
-        history = { version: null, entity: null, at: 0, node: el("p", { class: "muted" }, exc.message) };
+        timeline = { version: null, entity: null, at: 0, node: el("p", { class: "muted" }, exc.message) };
       }
     }
     live.replaceChildren(
@@ -385,9 +393,9 @@ async function experimentView(id, entity) {
         el("p", { class: "muted", id: "weights-caption" }, w
           ? `version ${w.version} · ${w.policy} · computed ${moment(w.computed_at_ms)} · window ${moment(w.window_start_ms)} – ${moment(w.window_end_ms)} · ${w.reason}`
           : note),
-        weightsTable("weights", w)),
+        weightsTable("weights", w, { live: true })),
       el("section", {}, el("h2", {}, "Statistics"), results ? statisticsBlock(results.statistics) : el("p", { class: "muted" }, "–")),
-      el("section", {}, el("h2", {}, "Over time"), w ? history.node : el("p", { class: "muted" }, "–")),
+      el("section", {}, el("h2", {}, "Over time"), w ? timeline.node : el("p", { class: "muted" }, "–")),
       el("section", {}, el("h2", {}, "Decision and alerts"),
         results ? decisionBlock(results.decision, results.alerts) : el("p", { class: "muted" }, "–")));
   }
@@ -429,7 +437,7 @@ async function experimentView(id, entity) {
       asOfResult));
   showSpec();
   await refresh();
-  refreshTimer = setInterval(refresh, REFRESH_MS);
+  if (view === shown) refreshTimer = setInterval(refresh, REFRESH_MS);
 }
 
 // -- routing: #/ the list, #/experiments/ID?entity=E an experiment ---------------------
@@ -439,6 +447,7 @@ function stopRefresh() {
 }
 
 async function route() {
+  shown += 1;
   stopRefresh();
   if (!sessionStorage.getItem(TOKEN_KEY)) {
     loginView();
