@@ -262,6 +262,7 @@ class ApiApp:
                                          "may_change": grants(token.scope, "write")}))
 
     def to_console(self, request: Request) -> Answer:
+        """A browser that asks for the API's root (or /console) is sent to the console."""
         return Answer(302, b"", b"text/plain", [(b"location", b"/console/")])
 
     def console_file(self, request: Request) -> Answer:
@@ -326,6 +327,7 @@ class ApiApp:
         return self._read_results(lambda: weights_as_of(self.clickhouse, self.database, spec, entity, at_ms))
 
     def history(self, request: Request) -> Answer:
+        """An entity's tables over time with P(best), and the regret of its traffic (the console's plots)."""
         spec = self._results_experiment(request)
         entity = request.query_value("entity") or ""
         return self._read_results(lambda: entity_history(self.clickhouse, self.database, spec, entity))

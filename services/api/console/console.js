@@ -177,7 +177,7 @@ function historyPlots(past) {
     1, (v) => v.toFixed(1)));
   const regret = past.regret;
   if (regret.hours_ms.length) {
-    const top = Math.max(...regret.experiment, ...regret.equal_split, 1e-12);
+    const top = Math.max(...regret.experiment, ...regret.equal_split, 0) || 1; // a scale also while nothing was lost
     plots.push(linePlot("regret-history", "estimated cumulative regret vs each day's best arm", [
       { label: "served", points: regret.hours_ms.map((t, i) => [t, regret.experiment[i]]), colour: COLOURS[0] },
       { label: "equal split", points: regret.hours_ms.map((t, i) => [t, regret.equal_split[i]]), colour: COLOURS[7],
@@ -254,7 +254,7 @@ async function experimentView(id, entity) {
   let spec = await api("GET", experimentPath(id));
   if (view !== shown) return;
   const entityField = spec.entity === null ? null
-    : el("input", { id: "entity", value: entity, list: "entities", placeholder: spec.entity, "aria-label": "entity" });
+    : el("input", { id: "entity", value: entity || (spec.entities || [""])[0], list: "entities", placeholder: spec.entity, "aria-label": "entity" });
   const status = el("span", { id: "status" });
   const version = el("span", { class: "muted" });
   const live = el("div", { id: "live" }, el("p", { class: "muted" }, "Loading…"));
