@@ -42,7 +42,7 @@ from sluice.kafka.clients import consumer_config
 from sluice.kafka.io import AvroProducer
 from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
-from sluice.models import ModelRegistry, ModelVersion, offer
+from sluice.models import ModelRegistry, ModelVersion, offer, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,13 @@ def resolve(entry: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 class Trainer:
     def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, entry: str, *, workers: int = 2,
                  max_attempts: int = 4, backoff_s: float = 60.0, group_id: str | None = None,
-                 security: KafkaSecurity = PLAINTEXT) -> None:
+                 security: KafkaSecurity = PLAINTEXT, clock: Callable[[], int] = wall_clock_ms) -> None:
+        """`clock` (epoch ms) dates what is registered (`trained_at`, `serving_since`); a
+        simulation passes its simulated time. Backoff waits are wall-clock time."""
         if not entry.startswith("command:"):
             resolve(entry)  # fail at start, not on the first job
         self.bootstrap, self.prefix, self.serde, self.entry, self.security = bootstrap, prefix, serde, entry, security
-        self.workers, self.max_attempts, self.backoff_s = workers, max_attempts, backoff_s
+        self.workers, self.max_attempts, self.backoff_s, self.clock = workers, max_attempts, backoff_s, clock
         self.names = TopicNames(prefix)
         self.group_id = group_id or f"{prefix}-trainer"
         self._producer = AvroProducer(bootstrap, serde, security=security)
@@ -150,13 +152,13 @@ class Trainer:
         missing = [m["entity"] for m in job["members"] if m["entity"] not in trained]
         if missing:
             raise TrainerError(f"the result has no model for {missing}; it must have one per member")
-        with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as registry, \
+        with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security, clock=self.clock) as registry, \
                 ExperimentRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as experiments:
             from sluice.core.lifecycle import next_arm_version
 
             number = max(registry.next_version(job["model_type"]),
                          next_arm_version(experiments.all(), job["model_type"]))
-            now = int(time.time() * 1000)
+            now = self.clock()
             done = []
             for m in job["members"]:
                 t = trained[m["entity"]]
