@@ -152,7 +152,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         sidecar = Child("sidecar", ["sidecar", "--prefix", names.prefix, "--port", str(sidecar_port),
                                     "--state-dir", str(home / "sidecar")], env, home)
         children += [worker, api, sidecar]
-        (home / "children.pids").write_text("".join(f"{c.name} {c.proc.pid}\n" for c in children))
+        _record(children, home)
 
         producer = AvroProducer(bootstrap, serde, security=security, **{"linger.ms": 20})
         tables = CompactedTopicFollower(bootstrap, names.weights, lambda v: serde.decode(v, "WeightTable").record,
@@ -219,6 +219,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
             api = Child("api", ["api", "--prefix", names.prefix, "--port", str(api_port), "--database", "sluice",
                                 "--instance-id", f"{names.prefix}-a1"], env, home)
             children.append(api)
+            _record(children, home)
             _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
             console.print(f"[bold]kept running:[/] the console at http://127.0.0.1:{api_port}/console/ and Kafka at "
                           f"{bootstrap}; Ctrl-C stops them")
@@ -231,6 +232,11 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         if status.started_broker:
             stop_kafka(settings)
             console.print("stopped the Kafka broker this demo started")
+
+
+def _record(children: list[Child], home: Path) -> None:
+    """The pids of the children, for whoever must check that they stopped."""
+    (home / "children.pids").write_text("".join(f"{c.name} {c.proc.pid}\n" for c in children))
 
 
 def _lifecycle(bootstrap: str, security: KafkaSecurity, names: TopicNames, serde: SingleObjectSerde,
@@ -412,11 +418,12 @@ def _print_lifecycle(console: Console, life: dict[str, Any]) -> None:
                   ", ".join(r["versions"]) if r else "not trained")
     console.print(j)
     v = Table(title="model versions per site (the registry at the end; days are simulated)")
-    for col in ("site", "arm", "status", "trained", "data ends", "rows", "why"):
+    for col in ("site", "arm", "status", "trained", "data ends", "rows", "held-out AUC", "why"):
         v.add_column(col)
     for row in life["versions"]:
+        auc = "" if row["auc"] is None else f"{row['auc']:.3f}"
         v.add_row(row["entity"], row["arm"], row["status"], f"{row['trained_day']:.1f}", f"{row['data_end_day']:.1f}",
-                  f"{row['rows']:,}", row["reason"])
+                  f"{row['rows']:,}", auc, row["reason"])
     console.print(v)
 
 

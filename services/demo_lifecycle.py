@@ -167,7 +167,8 @@ class LifecycleDemo:
         return {
             "versions": [{"entity": v.entity, "arm": v.arm, "version": v.version, "status": v.status, "reason": v.reason,
                           "trained_day": day(v.trained_at_ms), "data_end_day": day(v.data_end_ms), "rows": v.rows,
-                          "serving_since_day": day(v.serving_since_ms), "source": v.source} for v in versions],
+                          "serving_since_day": day(v.serving_since_ms), "source": v.source,
+                          "auc": v.metrics.get("auc")} for v in versions],
             "jobs": [{"job_id": j["job_id"], "day": day(j["created_at"]), "members": [m["entity"] for m in j["members"]],
                       "reasons": sorted({r for m in j["members"] for r in m["reasons"]})} for j in self._jobs],
             "results": [{k: r[k] for k in ("job_id", "attempt", "status", "transform_ms", "train_ms", "versions", "error")}

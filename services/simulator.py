@@ -80,6 +80,11 @@ class ModelDecay:
         return self.fresh * max(self.floor, 1.0 - self.loss_per_day * max(0.0, age_days))
 
 
+# The devices of the requests where model versions serve: name, share of the traffic, and
+# the factor on the click rate (the factors average 1 over the shares, so an arm's rate is
+# its mean).
+DEVICES = (("mobile", 0.6, 0.4), ("desktop", 0.3, 1.6), ("tablet", 0.1, 2.8))
+
 # When a model version's training data ended (epoch ms): (entity, model type, version) →
 # data_end_ms, or None when the version is not known (yet).
 DataEnd = Callable[[str, str, int], "int | None"]
@@ -226,7 +231,8 @@ class Served:
 class Assignments(Protocol):
     """Where the simulator gets its assignments; implementations also log the serves."""
 
-    def assign(self, experiment: str, entity: str, unit_ids: list[str], timestamps_ms: list[int]) -> list[Served]: ...
+    def assign(self, experiment: str, entity: str, unit_ids: list[str], timestamps_ms: list[int],
+               contexts: list[dict[str, str]] | None = None) -> list[Served]: ...
 
     def close(self) -> None: ...
 
@@ -287,7 +293,11 @@ class Simulator:
         units = [f"user-{self._unit + i}" for i in range(n)]
         self._unit += n
         times = np.sort(t0 + self.rng.integers(0, step_ms, n))
-        served = self.assignments.assign(exp, entity, units, times.tolist())
+        # Where model versions serve, requests carry the context they learn from: the device,
+        # whose clicks differ (DEVICES), so the demo trainer has something real to fit.
+        devices = self.rng.choice(len(DEVICES), n, p=[d[1] for d in DEVICES]) if exp in self.scenario.models else None
+        contexts = None if devices is None else [{"device": DEVICES[d][0]} for d in devices]
+        served = self.assignments.assign(exp, entity, units, times.tolist(), contexts)
         arms = set(self.specs[exp].arms_of(entity)) | {s.arm for s in served}  # the sidecar may know a newer spec
         behaviour = {a: self._behaviour(exp, entity, a, fraction, t0) for a in sorted(arms)}
         value = {a: b.rate * (1 - b.error_rate) for a, b in behaviour.items()}
@@ -297,8 +307,9 @@ class Simulator:
             tally.best_last[(exp, entity)] = max(value, key=value.__getitem__)
         key = entity_key(exp, entity)
         reward_name = self.specs[exp].reward.name
-        for s, ts in zip(served, times):
+        for j, (s, ts) in enumerate(zip(served, times)):
             b = behaviour[s.arm]
+            lift = 1.0 if devices is None else DEVICES[devices[j]][2]
             tally.serves[exp] += 1
             tally.regret[exp] += best - value[s.arm]
             tally.regret_equal_split[exp] += equal_split
@@ -313,7 +324,7 @@ class Simulator:
                 "latency_ms": latency, "error": failed,
             })
             tally.outcomes[exp] += 1
-            if not failed and self.rng.random() < b.rate:
+            if not failed and self.rng.random() < b.rate * lift:
                 delay = int(self.rng.integers(1_000, 30 * 60_000))  # a click within half an hour
                 self.rewards.send(self.names.rewards, key, "RewardEvent", {
                     "event_id": str(uuid.uuid4()), "serve_id": s.serve_id, "experiment_id": exp, "entity": entity,
