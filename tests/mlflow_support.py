@@ -70,6 +70,7 @@ class MlflowServer:
              "--default-artifact-root", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1"],
             env=env, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._ready = False
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Poll `/health` until it answers 200 (the first start migrates the SQLite store)."""
@@ -80,6 +81,7 @@ class MlflowServer:
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
                     if resp.status == 200:
+                        self._ready = True
                         return
             except OSError:
                 pass
@@ -87,7 +89,9 @@ class MlflowServer:
         raise AssertionError(f"mlflow server not ready within {timeout_s} s; log {self.log_path}")
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One REST call (`path` after /api/2.0/mlflow/); the answer's JSON."""
+        """One REST call (`path` after /api/2.0/mlflow/), once the server is ready; the answer's JSON."""
+        if not self._ready:
+            self.wait_ready()
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.url}/api/2.0/mlflow/{path}", data=data, method=method,
                                          headers={"content-type": "application/json"})

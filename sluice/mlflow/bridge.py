@@ -113,7 +113,8 @@ class MlflowBridge:
                     report: SyncReport) -> None:
         name = registered_model["name"]
         aliases = aliases_by_version(registered_model)
-        for version in self.client.model_versions(name):
+        # Oldest first: versions are registered, and their statuses change, in MLflow's order.
+        for version in sorted(self.client.model_versions(name), key=_number):
             number = str(version.get("version", ""))
             known = [v for v in models.all(model_type=name) if str(v.version) == number]
             if not known or not _entities_known(version, known):
@@ -161,6 +162,11 @@ class MlflowBridge:
         report.entered.extend(entered)
         for v in done:
             log.info("registered %s/%s v%s from MLflow (%s)", v.entity, v.model_type, v.version, v.status)
+
+
+def _number(version: dict[str, Any]) -> int:
+    text = str(version.get("version", ""))
+    return int(text) if text.isdigit() else 0
 
 
 def _entities_known(version: dict[str, Any], known: list[ModelVersion]) -> bool:
