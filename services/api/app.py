@@ -4,8 +4,9 @@
 A raw ASGI application on uvicorn, like the assignment sidecar: a route table, a JSON
 parse, a call to the control plane (`services.api.control`), an answer; `openapi.yaml`
 beside this file is the contract. Every route but /healthz, /metrics and the MLflow
-webhook (which MLflow signs, `sluice.mlflow.webhook`) needs `Authorization: Bearer <token>`: a missing, malformed, unknown or revoked token gets 401, a
-token without the route's scope 403, and neither reads the body or changes anything. A
+webhook (which MLflow signs, `sluice.mlflow.webhook`) needs `Authorization: Bearer
+<token>`: a missing, malformed, unknown or revoked token gets 401, a token without the
+route's scope 403, and neither reads the body or changes anything. A
 malformed request gets a 4xx whose `error` names the field; anything else is a bug (500,
 logged).
 
