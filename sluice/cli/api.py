@@ -80,7 +80,8 @@ def api(prefix: str, host: str, port: int, instance_id: str | None, ready_timeou
             (", sink in this process" if sink is not None else "")
         click.echo(f"api on http://{host}:{port} (results: {where})", err=True)
         uvicorn.run(ApiApp(control, clickhouse=clickhouse, database=database, mlflow_webhook=mlflow_webhook),
-                    host=host, port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False, lifespan="on")
+                    host=host, port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+                    lifespan="on")
     except KeyboardInterrupt:
         pass
     finally:
