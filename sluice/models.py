@@ -242,6 +242,21 @@ def offer(experiments: ExperimentRegistry, versions: list[ModelVersion]) -> list
     return changes
 
 
+def register_and_offer(registry: ModelRegistry, experiments: ExperimentRegistry,
+                       versions: list[ModelVersion]) -> tuple[list[ModelVersion], list[ArmChange]]:
+    """Register newly trained versions and offer their arms (`offer`); a version whose arm
+    entered an experiment for its entity is `serving` from then on. Returns the versions as
+    registered and the arms that entered. What `sluice models register` and the MLflow
+    bridge do with a new version."""
+    done = [registry.register(v) for v in versions]
+    entered = offer(experiments, done)
+    serving = {c.entity: c for c in entered}
+    done = [registry.set_status(v.entity, v.model_type, v.version, "serving",
+                                f"arm {v.arm} entered {serving[v.entity].experiment_id}")
+            if v.entity in serving else v for v in done]
+    return done, entered
+
+
 def withdraw(experiments: ExperimentRegistry, version: ModelVersion) -> list[ArmChange]:
     """Take the version's arm away from its entity in every experiment that offers it."""
     changes = []
