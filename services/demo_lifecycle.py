@@ -39,7 +39,7 @@ from sluice.experiments import ExperimentRegistry
 from sluice.kafka.follower import CompactedTopicFollower
 from sluice.kafka.security import KafkaSecurity
 from sluice.kafka.topics import TopicNames
-from sluice.models import ModelRegistry, ModelVersion, model_key, offer
+from sluice.models import ModelRegistry, ModelVersion, model_key, register_and_offer
 from services.lifecycle import LifecycleFollower
 from services.scheduler import TrainingScheduler
 from services.simulator import DAY_MS, HOUR_MS
@@ -88,15 +88,12 @@ class LifecycleDemo:
         entities = list(self.spec.entities or ())
         with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security, clock=lambda: end) as registry, \
                 ExperimentRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as experiments:
-            done = [registry.register(ModelVersion(
+            _, entered = register_and_offer(registry, experiments, [ModelVersion(
                 entity=e, model_type=MODEL_TYPE, version=1, trained_at_ms=end, data_start_ms=end - round(SEED_WINDOW_DAYS * DAY_MS),
                 data_end_ms=end, rows=round(serves_per_day * SEED_WINDOW_DAYS * (1 + 0.15 * i)),
                 dataset_fingerprint=f"seed:{e}", feature_set="serve-context", feature_set_version="1",
                 artifact_uri=f"file://{self.models_dir}/seed/{MODEL_TYPE}-{e}-v1.npz", metrics={},
-                source="demo", reason="trained before the demo began")) for i, e in enumerate(entities)]
-            entered = offer(experiments, done)
-            for change in entered:
-                registry.set_status(change.entity, MODEL_TYPE, 1, "serving", f"arm {change.arm} entered {change.experiment_id}")
+                source="demo", reason="trained before the demo began") for i, e in enumerate(entities)])
         self._versions.start()
         return [c.text for c in entered]
 

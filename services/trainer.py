@@ -42,7 +42,7 @@ from sluice.kafka.clients import consumer_config
 from sluice.kafka.io import AvroProducer
 from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
-from sluice.models import ModelRegistry, ModelVersion, offer, wall_clock_ms
+from sluice.models import ModelRegistry, ModelVersion, register_and_offer, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -159,18 +159,16 @@ class Trainer:
             number = max(registry.next_version(job["model_type"]),
                          next_arm_version(experiments.all(), job["model_type"]))
             now = self.clock()
-            done = []
+            versions = []
             for m in job["members"]:
                 t = trained[m["entity"]]
                 try:
-                    done.append(registry.register(ModelVersion(
+                    versions.append(ModelVersion(
                         m["entity"], job["model_type"], number, now, int(t["data_start_ms"]), int(t["data_end_ms"]),
                         int(t["rows"]), str(t["dataset_fingerprint"]), job["feature_set"], job["feature_set_version"],
                         str(t["artifact_uri"]), {k: float(v) for k, v in (t.get("metrics") or {}).items()},
-                        source="trainer", reason=f"trained by job {job['job_id']}")))
+                        source="trainer", reason=f"trained by job {job['job_id']}"))
                 except KeyError as exc:
                     raise TrainerError(f"the result's model for {m['entity']!r} lacks {exc}") from None
-            for change in offer(experiments, done):
-                registry.set_status(change.entity, job["model_type"], number, "serving",
-                                    f"arm {change.arm} entered {change.experiment_id}")
+            done, _ = register_and_offer(registry, experiments, versions)
         return [f"{v.entity}/{v.model_type}/{v.version}" for v in done]
