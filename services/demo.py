@@ -241,8 +241,13 @@ def _record(children: list[Child], home: Path) -> None:
 
 def _lifecycle(bootstrap: str, security: KafkaSecurity, names: TopicNames, serde: SingleObjectSerde,
                specs: dict[str, Any], scenario: Scenario, home: Path) -> LifecycleDemo | None:
-    """The model lifecycle, when the scenario has true rates for an experiment's model versions."""
-    taken = [specs[exp] for exp in scenario.models if specs[exp].models is not None]
+    """The model lifecycle, when the scenario has true rates for the model versions of an
+    experiment that takes the demo's model type (its training policies are the demo's,
+    examples/demo/training.yaml)."""
+    from services.demo_lifecycle import MODEL_TYPE
+
+    taken = [specs[exp] for exp in scenario.models
+             if specs[exp].models is not None and MODEL_TYPE in (specs[exp].models.model_types or (MODEL_TYPE,))]
     if not taken:
         return None
     return LifecycleDemo(bootstrap, security, names.prefix, serde, taken[0], DEMO_DIR / "training.yaml", home / "models")
