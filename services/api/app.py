@@ -18,6 +18,7 @@ Optimistic concurrency: every answer that carries a spec carries its version as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -191,17 +192,17 @@ class ApiApp:
                                     (b"content-length", str(len(answer.body)).encode()),
                                     (b"x-request-id", request_id.encode()), *answer.headers]})
             await send({"type": "http.response.body", "body": answer.body})
-        elif not await self._stream(receive, send, answer, answer.body, request_id, f"{method} {path}"):
-            return
+        else:
+            await self._stream(receive, send, answer, answer.body, request_id, f"{method} {path}")
         self.metrics.requests.labels(template, str(answer.status)).inc()
         self.metrics.duration.labels(template).observe(time.perf_counter() - started)
 
     @staticmethod
     async def _stream(receive: Receive, send: Send, answer: Answer, chunks: Iterator[bytes], request_id: str,
-                      what: str) -> bool:
-        """Send `chunks` as they are read, until they end or the client goes away; False when
-        reading failed midway: the status is sent by then, so the connection is dropped
-        without the body's end, and the client sees a broken transfer, not a short file."""
+                      what: str) -> None:
+        """Send `chunks` as they are read, until they end or the client goes away. When
+        reading fails midway the status is sent by then, so the body is left unended (the
+        server drops the connection) and the client sees a broken transfer, not a short file."""
         gone = asyncio.create_task(_disconnected(receive))
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [(b"content-type", answer.content_type), (b"x-request-id", request_id.encode()),
@@ -212,14 +213,12 @@ class ApiApp:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception:  # noqa: BLE001 - logged; the answer is cut short on purpose
             log.exception("%s failed while streaming (request %s)", what, request_id)
-            return False
+            return
         finally:
             gone.cancel()
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            with contextlib.suppress(ValueError):  # still running in its thread, if this task was cancelled
+                getattr(chunks, "close", lambda: None)()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True
 
     def _match(self, method: str, path: str) -> tuple[Route[Callable[[Request], Answer]], dict[str, str]]:
         try:
