@@ -169,10 +169,11 @@ class EventPage:
     blocks: Iterator[list[tuple[Any, ...]]]
 
 
-def read_page(client: Any, database: str, query: EventQuery, block_rows: int = BLOCK_ROWS) -> EventPage:
+def read_page(client: Any, database: str, query: EventQuery, block_rows: int | None = None) -> EventPage:
     """Find the page's end and read its first block now (so a failing ClickHouse raises
-    here, before anything is sent); the further blocks are read as `blocks` is iterated.
-    Raises `ClickHouseError`."""
+    here, before anything is sent); the further blocks, of `block_rows` rows (default
+    `BLOCK_ROWS`), are read as `blocks` is iterated. Raises `ClickHouseError`."""
+    block_rows = block_rows or BLOCK_ROWS
     source = SOURCES[query.kind]
     ends = _run(client, *_select(source, database, query, keys_only=True, after=query.after, upto=None,
                                  rows=2, offset=query.limit - 1))
