@@ -19,14 +19,14 @@ Optimistic concurrency: every answer that carries a spec carries its version as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
@@ -35,6 +35,8 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from services.api.control import Actor, ControlPlane, VersionConflict
+from services.api.events import events_answer, events_request
+from services.api.params import moment_ms
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
 from services.asgi import BadRequest, answer_lifespan, json_object, read_body
 from sluice.analytics.results import NoResultsError, entity_results, weights_as_of
@@ -82,8 +84,11 @@ class Request:
 
 @dataclass
 class Answer:
+    """What a route answers. A `body` given as chunks is streamed (no content-length), each
+    chunk read off the event loop as the one before is sent."""
+
     status: int
-    body: bytes
+    body: bytes | Iterator[bytes]
     content_type: bytes = _JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -107,18 +112,10 @@ def _if_match(headers: dict[str, str]) -> int | None:
     return int(found.group(1))
 
 
-def _moment_ms(text: str) -> int:
-    """`at` as epoch milliseconds: given as such, or as an ISO 8601 time with its timezone."""
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise BadRequest(400, f"query parameter 'at' must be epoch milliseconds or an ISO 8601 time with its "
-                              f"timezone (2026-11-30T10:00:00Z), not {text!r}")
-    return int(moment.timestamp() * 1000)
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone (a request's body, if any, is read by then)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _only_fields(body: dict[str, Any] | None, known: tuple[str, ...]) -> dict[str, Any]:
@@ -164,6 +161,7 @@ class ApiApp:
             Route("POST", f"{exp}/arms/{{arm}}/retire", "write", self.retire),
             Route("GET", f"{exp}/results", "read", self.results),
             Route("GET", f"{exp}/as-of", "read", self.as_of),
+            Route("GET", f"{exp}/events", "read", self.events),
             Route("GET", "/v1/models", "read", self.list_models),
             # Authenticated by MLflow's HMAC signature, not a token (MLflow sends no bearer).
             Route("POST", "/v1/integrations/mlflow/webhook", None, self.receive_mlflow_webhook),
@@ -202,12 +200,39 @@ class ApiApp:
         except Exception:  # noqa: BLE001 - a bug: logged, answered, and the process keeps serving
             log.exception("%s %s failed (request %s)", method, path, request_id)
             answer = Answer(500, orjson.dumps({"error": f"internal error (request {request_id})"}))
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": [(b"content-type", answer.content_type), (b"content-length", str(len(answer.body)).encode()),
-                                (b"x-request-id", request_id.encode()), *answer.headers]})
-        await send({"type": "http.response.body", "body": answer.body})
+        if isinstance(answer.body, bytes):
+            await send({"type": "http.response.start", "status": answer.status,
+                        "headers": [(b"content-type", answer.content_type),
+                                    (b"content-length", str(len(answer.body)).encode()),
+                                    (b"x-request-id", request_id.encode()), *answer.headers]})
+            await send({"type": "http.response.body", "body": answer.body})
+        else:
+            await self._stream(receive, send, answer, answer.body, request_id, f"{method} {path}")
         self.metrics.requests.labels(template, str(answer.status)).inc()
         self.metrics.duration.labels(template).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _stream(receive: Receive, send: Send, answer: Answer, chunks: Iterator[bytes], request_id: str,
+                      what: str) -> None:
+        """Send `chunks` as they are read, until they end or the client goes away. When
+        reading fails midway the status is sent by then, so the body is left unended (the
+        server drops the connection) and the client sees a broken transfer, not a short file."""
+        gone = asyncio.create_task(_disconnected(receive))
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": [(b"content-type", answer.content_type), (b"x-request-id", request_id.encode()),
+                                *answer.headers]})
+        try:
+            while not gone.done() and (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception:  # noqa: BLE001 - logged; the answer is cut short on purpose
+            log.exception("%s failed while streaming (request %s)", what, request_id)
+            return
+        finally:
+            gone.cancel()
+            with contextlib.suppress(ValueError):  # still running in its thread, if this task was cancelled
+                getattr(chunks, "close", lambda: None)()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _match(self, method: str, path: str) -> tuple[Route[Callable[[Request], Answer]], dict[str, str]]:
         try:
@@ -327,8 +352,20 @@ class ApiApp:
     def as_of(self, request: Request) -> Answer:
         spec = self._results_experiment(request)
         entity = request.query_value("entity") or ""
-        at_ms = _moment_ms(request.query_value("at", required=True) or "")
+        at_ms = moment_ms("at", request.query_value("at", required=True) or "")
         return self._read_results(lambda: weights_as_of(self.clickhouse, self.database, spec, entity, at_ms))
+
+    def events(self, request: Request) -> Answer:
+        """A page of the experiment's serves, rewards or evaluation dataset, as CSV or parquet,
+        streamed (services/api/events.py)."""
+        spec = self._results_experiment(request)
+        wanted = events_request(spec.id, request.query, request.query_value)
+        try:
+            page = events_answer(self.clickhouse, self.database, wanted, request.query)
+        except ClickHouseError as exc:
+            log.warning("events not read: %s", exc)
+            raise BadRequest(503, str(exc)) from None
+        return Answer(200, page.chunks, page.content_type, page.headers)
 
     # -- helpers ----------------------------------------------------------------------
     def _results_experiment(self, request: Request) -> ExperimentSpec:
