@@ -15,7 +15,7 @@ import pytest
 
 from sluice.analytics.features import FeatureFileError, FeatureJoiner, MissingFeatureFile
 from sluice.core.features import (FeatureSetError, base_context, column_name, context_feature_keys, context_values,
-                                  feature_key, logged_context, parquet_path, resolve)
+                                  logged_context, parquet_path, resolve)
 from sluice.core.spec import FeatureSet, SpecError, load_spec, spec_from_json, spec_from_mapping
 from tests.unit.test_sdk_serve_logging import client_with, logged_events
 
