@@ -52,16 +52,18 @@ def query_rows(client: Any, experiment: str, *, database: str = "sluice", entity
     if until is not None:
         where.append("toUnixTimestamp64Milli(timestamp) < {until:Int64}")
         params["until"] = _epoch_ms(until)
+    # The feature sets' logged values, only when asked for: a plain export reads no more than before.
+    feature_values = ", mapFilter((k, v) -> startsWith(k, {fs:String}), context)" if feature_sets else ""
     sql = f"""
         SELECT serve_id, timestamp, experiment_id, entity, unit_id, arm, in_experiment, propensity, weights_version,
                bucket, toJSONString(mapFilter((k, v) -> NOT startsWith(k, {{fs:String}}), context)), reward, rewarded,
-               reward_events, mapFilter((k, v) -> startsWith(k, {{fs:String}}), context)
+               reward_events{feature_values}
         FROM {database}.attributed_serves(experiment = {{e:String}})
         WHERE {' AND '.join(where)}
         ORDER BY entity, timestamp, serve_id"""
     rows = client.query(sql, parameters=params).result_rows
     if not feature_sets:
-        return [row[:-1] for row in rows]
+        return rows
     joiners = [FeatureJoiner(fs, on_missing) for fs in feature_sets]
     out = []
     for row in rows:

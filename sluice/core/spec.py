@@ -428,9 +428,11 @@ class ExperimentSpec(_Frozen):
 
     def same_for_entity(self, other: ExperimentSpec, entity: str | None) -> bool:
         """Whether `entity` sees the same experiment in both specs (their versions aside): a
-        change that adds an arm for another entity leaves this one's tables alone."""
-        mine = self.for_entity(entity).model_copy(update={"spec_version": 0})
-        theirs = other.for_entity(entity).model_copy(update={"spec_version": 0})
+        change that adds an arm for another entity, or changes only feature sets (what is
+        logged and joined, not how traffic is split), leaves this one's tables alone."""
+        ignored = {"spec_version": 0, "feature_sets": ()}
+        mine = self.for_entity(entity).model_copy(update=ignored)
+        theirs = other.for_entity(entity).model_copy(update=ignored)
         return mine == theirs
 
     @property

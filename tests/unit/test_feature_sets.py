@@ -85,6 +85,12 @@ def test_a_bad_source_is_refused_naming_the_field(source: str, fragments: list[s
         assert fragment in str(info.value)
 
 
+def test_declaring_a_feature_set_leaves_the_weight_tables_alone() -> None:
+    before, after = load_spec(BASE), with_feature_sets().model_copy(update={"spec_version": 2})
+    assert before.same_for_entity(after, "site-1")  # the worker publishes no new table for it
+    assert not before.same_for_entity(after.model_copy(update={"traffic_fraction": 0.5}), "site-1")
+
+
 def test_names_versions_and_duplicates_are_checked() -> None:
     with pytest.raises(SpecError) as info:
         with_feature_sets("""
