@@ -3,9 +3,10 @@
 
 A raw ASGI application on uvicorn, like the assignment sidecar: a route table, a JSON
 parse, a call to the control plane (`services.api.control`), an answer; `openapi.yaml`
-beside this file is the contract. Every route but /healthz and /metrics needs
-`Authorization: Bearer <token>`: a missing, malformed, unknown or revoked token gets 401, a
-token without the route's scope 403, and neither reads the body or changes anything. A
+beside this file is the contract. Every route but /healthz, /metrics and the MLflow
+webhook (which MLflow signs, `sluice.mlflow.webhook`) needs `Authorization: Bearer
+<token>`: a missing, malformed, unknown or revoked token gets 401, a token without the
+route's scope 403, and neither reads the body or changes anything. A
 malformed request gets a 4xx whose `error` names the field; anything else is a bug (500,
 logged).
 
@@ -18,6 +19,7 @@ Optimistic concurrency: every answer that carries a spec carries its version as
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import time
@@ -34,13 +36,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.api.control import Actor, ControlPlane, VersionConflict
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
-from services.asgi import BadRequest, answer_lifespan, read_json_object
+from services.asgi import BadRequest, answer_lifespan, json_object, read_body
 from sluice.analytics.results import NoResultsError, entity_results, weights_as_of
 from sluice.clickhouse import ClickHouseError
 from sluice.core.spec import ExperimentSpec, SpecError, spec_from_json
+from sluice.errors import SluiceError
 from sluice.experiments import ExperimentNotFoundError
 from sluice.kafka.exceptions import KafkaAdapterError
 from sluice.metrics import ApiMetrics
+from sluice.mlflow import MlflowWebhookReceiver, WebhookRejected
 from sluice.tokens import AuthenticationError, authenticate, grants
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,7 @@ class Request:
     body: dict[str, Any] | None
     actor: Actor | None
     query: dict[str, list[str]] = field(default_factory=dict)
+    raw_body: bytes = b""
 
     def query_value(self, name: str, *, required: bool = False) -> str | None:
         """The one value of query parameter `name`; 400 if it is repeated, or missing when required."""
@@ -136,8 +141,10 @@ class ApiApp:
     answer 503, results are off)."""
 
     def __init__(self, control: ControlPlane, registry: CollectorRegistry | None = None, *,
-                 clickhouse: Any = None, database: str = "sluice") -> None:
+                 clickhouse: Any = None, database: str = "sluice",
+                 mlflow_webhook: MlflowWebhookReceiver | None = None) -> None:
         self.control = control
+        self.mlflow_webhook = mlflow_webhook
         self.clickhouse = clickhouse
         self.database = database
         self.registry = registry or CollectorRegistry()
@@ -158,6 +165,8 @@ class ApiApp:
             Route("GET", f"{exp}/results", "read", self.results),
             Route("GET", f"{exp}/as-of", "read", self.as_of),
             Route("GET", "/v1/models", "read", self.list_models),
+            # Authenticated by MLflow's HMAC signature, not a token (MLflow sends no bearer).
+            Route("POST", "/v1/integrations/mlflow/webhook", None, self.receive_mlflow_webhook),
         ])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -176,13 +185,18 @@ class ApiApp:
             route, params = self._match(method, path)
             template = route.template
             actor = self._authorize(route, headers, request_id)
-            body = await read_json_object(receive, MAX_BODY_BYTES, declared_length=headers.get("content-length", ""),
-                                          allow_empty=True) if method in ("POST", "PUT") else None
+            raw = await read_body(receive, MAX_BODY_BYTES, declared_length=headers.get("content-length", "")) \
+                if method in ("POST", "PUT") else b""
+            body = json_object(raw, allow_empty=True)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-            request = Request(params, headers, body, actor, query)
+            request = Request(params, headers, body, actor, query, raw)
             # Changes wait on Kafka and results on ClickHouse: off the event loop, so other
             # requests keep being answered meanwhile.
-            answer = route.handler(request) if route.scope is None else await asyncio.to_thread(route.handler, request)
+            if inspect.iscoroutinefunction(route.handler):
+                answer = await route.handler(request)
+            else:
+                answer = route.handler(request) if route.scope is None else await asyncio.to_thread(route.handler,
+                                                                                                      request)
         except BadRequest as exc:
             answer = Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), headers=exc.headers)
         except Exception:  # noqa: BLE001 - a bug: logged, answered, and the process keeps serving
@@ -245,6 +259,23 @@ class ApiApp:
         """The model registry's versions, of one entity and model type when asked."""
         found = self.control.models(request.query_value("entity"), request.query_value("model_type"))
         return Answer(200, orjson.dumps({"models": [v.public() for v in found]}))
+
+    async def receive_mlflow_webhook(self, request: Request) -> Answer:
+        """An MLflow Model Registry webhook delivery: checked against its signature, then the
+        model it names is synced (`sluice.mlflow`) off the event loop."""
+        if self.mlflow_webhook is None:
+            raise BadRequest(404, "MLflow webhooks are off on this API: start it with SLUICE_MLFLOW_WEBHOOK_SECRET "
+                                  "and SLUICE_MLFLOW_TRACKING_URI set")
+        try:
+            delivery_id = self.mlflow_webhook.verify(request.headers, request.raw_body)
+        except WebhookRejected as exc:
+            raise BadRequest(401, str(exc)) from None
+        try:
+            result = await asyncio.to_thread(self.mlflow_webhook.handle, delivery_id, request.body or {})
+        except SluiceError as exc:  # MLflow or Kafka unavailable: 503, and MLflow delivers again
+            log.warning("MLflow webhook %s not handled: %s", delivery_id, exc)
+            raise BadRequest(503, f"delivery {delivery_id} not handled, nothing registered: {exc}") from None
+        return Answer(200, orjson.dumps(result))
 
     def create(self, request: Request) -> Answer:
         if request.body is None:
