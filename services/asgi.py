@@ -33,11 +33,9 @@ class BadRequest(Exception):
         self.headers: list[tuple[bytes, bytes]] = []
 
 
-async def read_json_object(receive: Receive, max_bytes: int, *, declared_length: str = "",
-                           allow_empty: bool = False) -> dict[str, Any] | None:
-    """The body as a JSON object (None for an empty body when `allow_empty`); 413 past
-    `max_bytes` (refused at once when the Content-Length header says so), 400 for a body
-    that is not a JSON object."""
+async def read_body(receive: Receive, max_bytes: int, *, declared_length: str = "") -> bytes:
+    """The body's bytes; 413 past `max_bytes` (refused at once when the Content-Length
+    header says so)."""
     if declared_length.isdigit() and int(declared_length) > max_bytes:
         raise BadRequest(413, f"body is larger than {max_bytes} bytes")
     chunks, size = [], 0
@@ -49,8 +47,12 @@ async def read_json_object(receive: Receive, max_bytes: int, *, declared_length:
             raise BadRequest(413, f"body is larger than {max_bytes} bytes")
         chunks.append(chunk)
         if not message.get("more_body"):
-            break
-    raw = b"".join(chunks)
+            return b"".join(chunks)
+
+
+def json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any] | None:
+    """`raw` as a JSON object (None for an empty body when `allow_empty`); 400 for a body
+    that is not a JSON object."""
     if allow_empty and not raw.strip():
         return None
     try:
@@ -60,3 +62,11 @@ async def read_json_object(receive: Receive, max_bytes: int, *, declared_length:
     if not isinstance(body, dict):
         raise BadRequest(400, f"body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+async def read_json_object(receive: Receive, max_bytes: int, *, declared_length: str = "",
+                           allow_empty: bool = False) -> dict[str, Any] | None:
+    """The body as a JSON object (None for an empty body when `allow_empty`); 413 past
+    `max_bytes` (refused at once when the Content-Length header says so), 400 for a body
+    that is not a JSON object."""
+    return json_object(await read_body(receive, max_bytes, declared_length=declared_length), allow_empty=allow_empty)

@@ -20,11 +20,15 @@ class SidecarAssignments:
         self._conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
         self._batch = batch
 
-    def assign(self, experiment: str, entity: str, unit_ids: list[str], timestamps_ms: list[int]) -> list[Served]:
+    def assign(self, experiment: str, entity: str, unit_ids: list[str], timestamps_ms: list[int],
+               contexts: list[dict[str, str]] | None = None) -> list[Served]:
         out: list[Served] = []
         for i in range(0, len(unit_ids), self._batch):
             requests = [{"experiment": experiment, "entity": entity, "unit_id": u, "timestamp_ms": t}
                         for u, t in zip(unit_ids[i:i + self._batch], timestamps_ms[i:i + self._batch])]
+            if contexts is not None:
+                for request, context in zip(requests, contexts[i:i + self._batch]):
+                    request["context"] = context
             self._conn.request("POST", "/v1/assign/batch", orjson.dumps({"requests": requests}),
                                {"content-type": "application/json"})
             resp = self._conn.getresponse()

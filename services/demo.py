@@ -3,13 +3,18 @@ stack in a few minutes.
 
 Starts (or reuses) the local broker, creates a fresh set of topics for this run, applies
 the demo experiments (a Thompson-sampling bandit over four ranking models for three
-advertisers, and a static A/B test beside it), starts a stream worker and the ClickHouse
-sink as child processes, and runs the traffic simulator against the live weights, showing
-progress and the weights per entity. The best model of one advertiser changes half-way,
-and a few malformed events go in. At the end it prints a summary — chosen model per
-entity against the truth, regret against an equal split, events produced against rows in
-ClickHouse, dead letters by reason — writes the HTML report, and stops every process it
-started, also on Ctrl-C.
+advertisers, a static A/B test beside it, and three sites whose own click models are
+retrained), starts a stream worker, the control API (its web console, and the ClickHouse
+sink inside it, the embedded engine being one process's) and the sidecar as child
+processes, prints the console's address with a read token, and runs the traffic simulator
+against the live weights, showing progress and the weights per entity. The best model of
+one advertiser changes half-way, and a few malformed events go in. The sites' model
+lifecycle (scheduler, trainer, lifecycle follower) runs on the simulated clock
+(`services.demo_lifecycle`). At the end it prints a summary — chosen model per entity
+against the truth, regret against an equal split, training jobs and model versions, events
+produced against rows in ClickHouse, dead letters by reason — writes the HTML report, and
+stops every process it started, also on Ctrl-C (with `keep`, after the summary, the console
+and the broker stay up until Ctrl-C).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from sluice.kafka.security import KafkaSecurity
 from sluice.local.kafka import free_loopback_ports, stop_pid
 from sluice.local.stack import start_kafka, stop_kafka
 from services.assignments import SidecarAssignments
+from services.demo_lifecycle import LifecycleDemo
+from sluice.core.spec import spec_from_record
 from sluice.kafka.follower import CompactedTopicFollower
 from services.simulator import DAY_MS, Scenario, Simulator, Tally, describe, load_specs
 
@@ -55,6 +62,7 @@ class DemoOptions:
     wall_seconds: float = 150.0  # the simulated span takes this long
     days: float | None = None  # override the scenario's simulated days (the test runs a short one)
     summary_json: Path | None = None  # also write the summary here
+    keep: bool = False  # after the summary, keep the console and the broker up until Ctrl-C
 
 
 class Child:
@@ -128,24 +136,37 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         with ExperimentRegistry(bootstrap, names.prefix, serde, security=security) as registry:
             for spec in specs.values():
                 registry.apply(spec)
-        metrics_port, sidecar_port = free_loopback_ports(2)
+        start_ms = int(time.time() * 1000) - round(scenario.days * DAY_MS)
+        lifecycle = _lifecycle(bootstrap, security, names, serde, specs, scenario, home)
+        if lifecycle is not None:
+            for line in lifecycle.seed(start_ms, scenario.serves_per_entity_hour * 24):
+                console.print(f"day  0.0  lifecycle: {line}")
+        metrics_port, sidecar_port, api_port = free_loopback_ports(3)
         env = {"KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HOME": str(home)}
         worker = Child("worker", ["worker", "--prefix", names.prefix, "--publish-interval", "0.25",
-                                  "--metrics-port", str(metrics_port), "--instance-id", f"{names.prefix}-w1"], env, home)
-        sink = Child("sink", ["sink", "--prefix", names.prefix, "--database", "sluice",
-                              "--instance-id", f"{names.prefix}-s1"], env, home)
+                                  "--decision-interval", "2", "--metrics-port", str(metrics_port),
+                                  "--instance-id", f"{names.prefix}-w1"], env, home)
+        # The API serves the console and, on the embedded engine, runs the ClickHouse sink.
+        api = Child("api", ["api", "--prefix", names.prefix, "--port", str(api_port), "--database", "sluice",
+                            "--instance-id", f"{names.prefix}-a1"], env, home)
         sidecar = Child("sidecar", ["sidecar", "--prefix", names.prefix, "--port", str(sidecar_port),
                                     "--state-dir", str(home / "sidecar")], env, home)
-        children += [worker, sink, sidecar]
-        (home / "children.pids").write_text("".join(f"{c.name} {c.proc.pid}\n" for c in children))
+        children += [worker, api, sidecar]
+        _record(children, home)
 
         producer = AvroProducer(bootstrap, serde, security=security, **{"linger.ms": 20})
         tables = CompactedTopicFollower(bootstrap, names.weights, lambda v: serde.decode(v, "WeightTable").record,
                                         security=security).start()
+        live_specs = CompactedTopicFollower(bootstrap, names.experiments, lambda v: spec_from_record(
+            serde.decode(v, "ExperimentSpec").record), security=security).start()
         _wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", sidecar)
+        _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
+        console.print(_console_line(bootstrap, security, names, serde, api_port))
         assignments = SidecarAssignments(f"http://127.0.0.1:{sidecar_port}")
-        simulator = Simulator(specs, scenario, assignments, producer, names)
-        start_ms = int(time.time() * 1000) - round(scenario.days * DAY_MS)
+        simulator = Simulator(specs, scenario, assignments, producer, names,
+                              data_end=lifecycle.data_end if lifecycle is not None else None)
+        if lifecycle is not None:
+            lifecycle.start(clock=lambda: simulator.now_ms)
         progress = Progress(TextColumn("simulating {task.fields[day]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TextColumn("{task.fields[serves]:,} serves"), TimeElapsedColumn())
         task = progress.add_task("sim", total=1.0, day="day 0", serves=0)
@@ -157,33 +178,53 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
             def on_step(fraction: float, tally: Tally) -> None:
                 progress.update(task, completed=fraction, day=f"day {fraction * scenario.days:4.1f}/{scenario.days:g}",
                                 serves=sum(tally.serves.values()))
+                simulator.specs.update({spec.id: spec for spec in live_specs.latest.values() if spec.id in specs})
+                for line in lifecycle.lines() if lifecycle is not None else []:
+                    console.print(line)
                 live.update(view())
                 for child in children:
                     if not child.alive():
                         raise RuntimeError(f"the {child.name} stopped (exit {child.proc.returncode}); see {child.log_path}")
 
             tally = simulator.run(start_ms, wall_seconds=options.wall_seconds, on_step=on_step)
+            if lifecycle is not None:
+                lifecycle.stop()
+                for line in lifecycle.lines():
+                    console.print(line)
             producer.flush()
             assignments.close()
             sidecar.stop()  # delivers the serves it logged before it exits
             _drain(worker, metrics_port, console)
             live.update(view())
         tables.stop()
-        del producer, simulator  # its Kafka client closes before the broker may stop
+        live_specs.stop()
+        producer.close()  # its Kafka client goes before the broker may stop
         worker.stop()
         console.print("waiting for the sink to land the last rows ...")
         if not _caught_up(bootstrap, security, f"{names.prefix}-clickhouse-sink", [names.serves, names.rewards], 120):
-            raise RuntimeError(f"the sink did not catch up within 120 s; see {sink.log_path}")
-        sink.stop()
+            raise RuntimeError(f"the sink did not catch up within 120 s; see {api.log_path}")
+        api.stop()  # the embedded engine is one process's: the summary reads it next
         summary = _summary(bootstrap, security, names, home, tally, scenario, specs, serde, start_ms)
+        if lifecycle is not None:
+            summary["lifecycle"] = lifecycle.summary()
         _print_summary(console, summary)
         summary["offline"] = _offline_evaluation(home, specs, console)
         if options.summary_json is not None:
             options.summary_json.write_text(json.dumps(summary, indent=2))
-        report = _report(home, names, specs, console)
+        report = _report(home, "demo-ranking" if "demo-ranking" in scenario.rates else next(iter(scenario.rates)), console)
         if report is not None:
             summary["report"] = str(report)
             console.print(f"[bold]report:[/] {report}")
+        if options.keep:
+            api = Child("api", ["api", "--prefix", names.prefix, "--port", str(api_port), "--database", "sluice",
+                                "--instance-id", f"{names.prefix}-a1"], env, home)
+            children.append(api)
+            _record(children, home)
+            _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
+            console.print(f"[bold]kept running:[/] the console at http://127.0.0.1:{api_port}/console/ and Kafka at "
+                          f"{bootstrap}; Ctrl-C stops them")
+            while api.alive():
+                time.sleep(0.5)
         return summary
     finally:
         for child in children:
@@ -191,6 +232,36 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
         if status.started_broker:
             stop_kafka(settings)
             console.print("stopped the Kafka broker this demo started")
+
+
+def _record(children: list[Child], home: Path) -> None:
+    """The pids of the children, for whoever must check that they stopped."""
+    (home / "children.pids").write_text("".join(f"{c.name} {c.proc.pid}\n" for c in children))
+
+
+def _lifecycle(bootstrap: str, security: KafkaSecurity, names: TopicNames, serde: SingleObjectSerde,
+               specs: dict[str, Any], scenario: Scenario, home: Path) -> LifecycleDemo | None:
+    """The model lifecycle, when the scenario has true rates for the model versions of an
+    experiment that takes the demo's model type (its training policies are the demo's,
+    examples/demo/training.yaml)."""
+    from services.demo_lifecycle import MODEL_TYPE
+
+    taken = [specs[exp] for exp in scenario.models
+             if specs[exp].models is not None and MODEL_TYPE in (specs[exp].models.model_types or (MODEL_TYPE,))]
+    if not taken:
+        return None
+    return LifecycleDemo(bootstrap, security, names.prefix, serde, taken[0], DEMO_DIR / "training.yaml", home / "models")
+
+
+def _console_line(bootstrap: str, security: KafkaSecurity, names: TopicNames, serde: SingleObjectSerde,
+                  port: int) -> str:
+    """Where the web console is, with a read token made for this demo."""
+    from sluice.tokens import TokenRegistry
+
+    with TokenRegistry(bootstrap, names.prefix, serde, security=security) as tokens:
+        _, secret = tokens.create("demo-viewer", "read")
+    return (f"[bold]console:[/] http://127.0.0.1:{port}/console/  read token: {secret}\n"
+            f"  (a token that may pause and resume: sluice tokens create --prefix {names.prefix} --name you --scope write)")
 
 
 def _wait_http(url: str, child: Child, timeout_s: float = 60.0) -> None:
@@ -330,12 +401,35 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         h.add_row("" if a["day"] is None else f"{a['day']:.1f}", f"{a['experiment_id']}/{a['entity']}", a["arm"] or "",
                   a["guardrail"] or "", a["action"] or "", f"{a['value']:.4g}", f"{a['threshold']:.4g}")
     console.print(h)
+    if "lifecycle" in s:
+        _print_lifecycle(console, s["lifecycle"])
     d = Table(title="dead letters by who rejected them and why")
     d.add_column("rejected by: reason")
     d.add_column("count", justify="right")
     for reason, n in sorted(s["dead_letters"].items()):
         d.add_row(reason, str(n))
     console.print(d)
+
+
+def _print_lifecycle(console: Console, life: dict[str, Any]) -> None:
+    results = {r["job_id"]: r for r in life["results"] if r["status"] == "SUCCEEDED"}
+    j = Table(title="training jobs the scheduler sent (simulated day) and what the trainer made of them")
+    for col in ("day", "job", "sites (one grouped job)", "why", "datasets built once", "training", "versions"):
+        j.add_column(col)
+    for job in life["jobs"]:
+        r = results.get(job["job_id"])
+        j.add_row(f"{job['day']:.1f}", job["job_id"][:8], ", ".join(job["members"]), ", ".join(job["reasons"]),
+                  f"{r['transform_ms']} ms" if r else "", f"{r['train_ms']} ms" if r else "",
+                  ", ".join(r["versions"]) if r else "not trained")
+    console.print(j)
+    v = Table(title="model versions per site (the registry at the end; days are simulated)")
+    for col in ("site", "arm", "status", "trained", "data ends", "rows", "held-out AUC", "why"):
+        v.add_column(col)
+    for row in life["versions"]:
+        auc = "" if row["auc"] is None else f"{row['auc']:.3f}"
+        v.add_row(row["entity"], row["arm"], row["status"], f"{row['trained_day']:.1f}", f"{row['data_end_day']:.1f}",
+                  f"{row['rows']:,}", auc, row["reason"])
+    console.print(v)
 
 
 def _offline_evaluation(home: Path, specs: dict[str, Any], console: Console) -> list[dict[str, Any]]:
@@ -370,8 +464,8 @@ def _offline_evaluation(home: Path, specs: dict[str, Any], console: Console) -> 
     return rows
 
 
-def _report(home: Path, names: TopicNames, specs: dict[str, Any], console: Console) -> Path | None:
-    """The HTML report of the bandit, if the report module is available."""
+def _report(home: Path, experiment: str, console: Console) -> Path | None:
+    """The HTML report of `experiment`, if the report module is available."""
     try:
         from sluice.analytics.report import write_report  # type: ignore[import-not-found]
     except ImportError:
@@ -381,14 +475,14 @@ def _report(home: Path, names: TopicNames, specs: dict[str, Any], console: Conso
 
     client = connect(path=home / "clickhouse")
     try:
-        out = home / "report-demo-ranking.html"
-        return Path(write_report(client, "demo-ranking", out, database="sluice"))
+        out = home / f"report-{experiment}.html"
+        return Path(write_report(client, experiment, out, database="sluice"))
     finally:
         client.close()
 
 
 def default_options(wall_seconds: float = 150.0, days: float | None = None,
                     summary_json: Path | None = None, scenario: Path | None = None) -> DemoOptions:
-    return DemoOptions(specs=[DEMO_DIR / "ranking.yaml", DEMO_DIR / "checkout_ab.yaml"],
+    return DemoOptions(specs=[DEMO_DIR / "ranking.yaml", DEMO_DIR / "checkout_ab.yaml", DEMO_DIR / "models.yaml"],
                        scenario=scenario or DEMO_DIR / "scenario.yaml", wall_seconds=wall_seconds, days=days,
                        summary_json=summary_json)

@@ -11,11 +11,17 @@ serves in the experiments whose spec takes the job's model type, over the job's 
 
 The **transformation** (what a group job does once for all its members): read the
 partitions that hold the members' keys, decode and join serves with rewards, and one-hot
-encode every context field into one vocabulary for the group. A job per entity reads its
+encode every context field into one vocabulary for the group. **Feature sets**
+(docs/feature-sets.md): every model gets the base context (the logged context without any
+feature set's values); a model whose job names a feature set its experiment declares (the
+job's `feature_set` and `feature_set_version`, from the registered version) also gets that
+set's columns, from the logged context or joined from its parquet files
+(`sluice.analytics.features`), and no model gets another set's. A job per entity reads its
 entity's partition and builds its vocabulary once per entity; `bench/bench_training.py`
 measures both on the same data. The **training** is per member: an L2-regularised logistic
-regression (scipy's L-BFGS), its AUC on a held-out fifth, the coefficients saved as .npz
-under `SLUICE_MODELS_DIR` (default: the temporary directory).
+regression (scipy's L-BFGS), its AUC on a held-out fifth, the coefficients and the feature
+names (`column=value`, then `intercept`) saved as .npz under `SLUICE_MODELS_DIR` (default:
+the temporary directory).
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
+from sluice.analytics.features import FeatureJoiner
 from sluice.avro import SchemaSet, SingleObjectSerde
+from sluice.core.features import base_context
 from sluice.core.lifecycle import takes
 from sluice.core.health import REQUEST_OUTCOME
+from sluice.core.spec import ExperimentSpec, FeatureSet
 from sluice.experiments import ExperimentRegistry
 from sluice.kafka.clients import consumer_config, entity_key
 from sluice.kafka.partitions import partition_for_key
@@ -45,45 +54,82 @@ DAY_MS = 86_400_000
 
 @dataclass
 class Dataset:
-    """One entity's rows: one-hot context features (with the group's vocabulary) and labels."""
+    """One entity's rows: one-hot context features (with the group's vocabulary) and labels.
+    `x` (rows, features + 1), the intercept last; `features` names its columns."""
 
     x: np.ndarray
     y: np.ndarray
     start_ms: int
     end_ms: int
+    features: list[str]
+
+
+Serve = tuple[int, str, str, dict[str, str]]  # time (epoch ms), serve id, unit id, logged context
+
+
+class FeatureSetMismatch(RuntimeError):
+    """The job's feature set is declared differently by two experiments the model serves in."""
 
 
 def transform(bootstrap: str, prefix: str, entities: list[str], model_type: str, window_days: float,
-              serde: SingleObjectSerde | None = None, security: KafkaSecurity = PLAINTEXT) -> dict[str, Dataset]:
-    """Each entity's dataset, built in one pass over the partitions that hold them."""
+              serde: SingleObjectSerde | None = None, security: KafkaSecurity = PLAINTEXT, *,
+              feature_set: tuple[str, str] | None = None) -> dict[str, Dataset]:
+    """Each entity's dataset, built in one pass over the partitions that hold them.
+    `feature_set`: the model's (name, version); its columns are added when an experiment
+    that takes the model declares that set."""
     serde = serde or SingleObjectSerde(SchemaSet.bundled())
     names = TopicNames(prefix)
     with ExperimentRegistry(bootstrap, prefix, serde, security=security) as experiments:
-        keys = {entity_key(spec.id, e): e for spec in experiments.all() for e in entities
-                if takes(spec, e, model_type)}
+        specs = [spec for spec in experiments.all() if any(takes(spec, e, model_type) for e in entities)]
+        keys = {entity_key(spec.id, e): e for spec in specs for e in entities if takes(spec, e, model_type)}
+    declared = declared_feature_set(specs, feature_set)
+    joiner = FeatureJoiner(declared) if declared is not None else None
     serves, clicked = _read(bootstrap, names, keys, serde, security)
+    features: dict[str, list[list[tuple[str, str]]]] = {}  # entity -> per serve in the window, its (column, value)s
+    kept: dict[str, list[Serve]] = {}
     vocabulary: dict[tuple[str, str], int] = {}
-    for rows in serves.values():
-        for _, _, context in rows:
-            for item in context.items():
-                vocabulary.setdefault(item, len(vocabulary))
-    out = {}
     for entity, rows in serves.items():
-        newest = max(t for t, _, _ in rows)
-        kept = [r for r in rows if r[0] >= newest - window_days * DAY_MS]
-        x = np.zeros((len(kept), len(vocabulary) + 1))
+        newest = max(r[0] for r in rows)
+        kept[entity] = [r for r in rows if r[0] >= newest - window_days * DAY_MS]
+        features[entity] = []
+        for t, _, unit_id, context in kept[entity]:
+            items = list(base_context(context).items())
+            if joiner is not None:
+                values = joiner.values(entity, t, unit_id, context)
+                items += [(c, str(v)) for c, v in zip(joiner.column_names, values) if v is not None]
+            features[entity].append(items)
+            for item in items:
+                vocabulary.setdefault(item, len(vocabulary))
+    if joiner is not None:
+        joiner.check_found()
+    feature_names = [f"{k}={v}" for k, v in vocabulary] + ["intercept"]
+    out = {}
+    for entity, rows in kept.items():
+        x = np.zeros((len(rows), len(vocabulary) + 1))
         x[:, -1] = 1.0  # intercept
-        for i, (_, _, context) in enumerate(kept):
-            x[i, [vocabulary[item] for item in context.items()]] = 1.0
-        y = np.array([1.0 if sid in clicked else 0.0 for _, sid, _ in kept])
-        out[entity] = Dataset(x, y, min(t for t, _, _ in kept), newest)
+        for i, items in enumerate(features[entity]):
+            x[i, [vocabulary[item] for item in items]] = 1.0
+        y = np.array([1.0 if sid in clicked else 0.0 for _, sid, _, _ in rows])
+        out[entity] = Dataset(x, y, min(r[0] for r in rows), max(r[0] for r in rows), feature_names)
     return out
 
 
+def declared_feature_set(specs: list[ExperimentSpec], feature_set: tuple[str, str] | None) -> FeatureSet | None:
+    """The model's feature set as the experiments it serves in declare it; None when none
+    declares it (the model gets the base context only, like a production model)."""
+    if feature_set is None:
+        return None
+    found = {fs for spec in specs for fs in spec.feature_sets if (fs.name, fs.version) == feature_set}
+    if len(found) > 1:
+        raise FeatureSetMismatch(f"feature set {feature_set[0]}@{feature_set[1]} is declared differently by the "
+                                 f"experiments the model serves in: {sorted(fs.model_dump_json() for fs in found)}")
+    return next(iter(found), None)
+
+
 def _read(bootstrap: str, names: TopicNames, keys: dict[bytes, str], serde: SingleObjectSerde,
-          security: KafkaSecurity) -> tuple[dict[str, list[tuple[int, str, dict[str, str]]]], set[str]]:
-    """Serves (time, serve id, context) per entity, and the serve ids with a positive reward,
-    from the partitions of `keys`, read to their end as of now."""
+          security: KafkaSecurity) -> tuple[dict[str, list[Serve]], set[str]]:
+    """Serves (time, serve id, unit id, context) per entity, and the serve ids with a positive
+    reward, from the partitions of `keys`, read to their end as of now."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(consumer_config(bootstrap, "sluice-demo-trainer-unused", security))
@@ -98,7 +144,7 @@ def _read(bootstrap: str, names: TopicNames, keys: dict[bytes, str], serde: Sing
                     wanted.append((TopicPartition(topic, p, low), high))
         consumer.assign([tp for tp, _ in wanted])
         ends = {(tp.topic, tp.partition): high for tp, high in wanted}
-        serves: dict[str, list[tuple[int, str, dict[str, str]]]] = {e: [] for e in keys.values()}
+        serves: dict[str, list[Serve]] = {e: [] for e in keys.values()}
         clicked: set[str] = set()
         while ends:
             for msg in consumer.consume(num_messages=10_000, timeout=0.1):
@@ -117,7 +163,8 @@ def _read(bootstrap: str, names: TopicNames, keys: dict[bytes, str], serde: Sing
                 except Exception:  # noqa: BLE001 - what the worker dead-letters is no training data either
                     continue
                 if msg.topic() == names.serves:
-                    serves[entity].append((record["timestamp"], record["serve_id"], dict(record["context"])))
+                    serves[entity].append((record["timestamp"], record["serve_id"], record["unit_id"],
+                                           dict(record["context"])))
                 elif record["value"] > 0 and record["name"] != REQUEST_OUTCOME:
                     clicked.add(record["serve_id"])
         return {e: rows for e, rows in serves.items() if rows}, clicked
@@ -158,8 +205,9 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     entities = [m["entity"] for m in job["members"]]
     started = time.perf_counter()
+    declared = (job["feature_set"], job["feature_set_version"]) if job.get("feature_set") else None
     data = transform(bootstrap, prefix, entities, job["model_type"], job["window_days"],
-                     security=KafkaSecurity.from_environment())
+                     security=KafkaSecurity.from_environment(), feature_set=declared)
     transform_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     models = []
@@ -172,7 +220,7 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
         w = fit_logistic(d.x[~holdout], d.y[~holdout])
         fingerprint = hashlib.sha256(d.x.tobytes() + d.y.tobytes()).hexdigest()
         path = out_dir / f"{job['model_type']}-{entity}-{job['job_id']}.npz"
-        np.savez(path, coefficients=w)
+        np.savez(path, coefficients=w, features=np.array(d.features))
         models.append({"entity": entity, "artifact_uri": path.as_uri(), "rows": int(len(d.y)),
                        "data_start_ms": d.start_ms, "data_end_ms": d.end_ms, "dataset_fingerprint": f"sha256:{fingerprint}",
                        "metrics": {"auc": auc(d.x[holdout] @ w, d.y[holdout]), "positive_rate": float(d.y.mean())}})

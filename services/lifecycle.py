@@ -15,7 +15,6 @@ its verdict changes), and the compacted topics hold one record per version or ex
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -26,15 +25,17 @@ from sluice.experiments import ExperimentNotFoundError, ExperimentRegistry
 from sluice.kafka.clients import consumer_config
 from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
-from sluice.models import ModelRegistry, ModelRegistryError, withdraw
+from sluice.models import ModelRegistry, ModelRegistryError, wall_clock_ms, withdraw
 
 log = logging.getLogger(__name__)
 
 
 class LifecycleFollower:
     def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, *, group_id: str | None = None,
-                 security: KafkaSecurity = PLAINTEXT) -> None:
-        self.bootstrap, self.prefix, self.serde, self.security = bootstrap, prefix, serde, security
+                 security: KafkaSecurity = PLAINTEXT, clock: Callable[[], int] = wall_clock_ms) -> None:
+        """`clock` (epoch ms) is the time a decision is handled at (how long a winner has
+        served); a simulation passes its simulated time."""
+        self.bootstrap, self.prefix, self.serde, self.security, self.clock = bootstrap, prefix, serde, security, clock
         self.topic = TopicNames(prefix).decisions
         self.group_id = group_id or f"{prefix}-lifecycle"
         self.handled: deque[str] = deque(maxlen=1000)  # what the latest handled decisions did, newest last
@@ -58,7 +59,7 @@ class LifecycleFollower:
                     log.error("skipped an unreadable decision at %s[%d]@%d: %s", msg.topic(), msg.partition(),
                               msg.offset(), exc)
                 else:
-                    self.handled.extend(self.handle(record, int(time.time() * 1000)))
+                    self.handled.extend(self.handle(record, self.clock()))
                 consumer.commit(msg, asynchronous=False)
         finally:
             consumer.close()
@@ -73,7 +74,7 @@ class LifecycleFollower:
             if spec.models is None or decision.get("entity") is None:
                 return []
             entity = decision["entity"]
-            with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as registry:
+            with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security, clock=self.clock) as registry:
                 entered = {}
                 for arm in spec.arms_of(entity):
                     parsed = parse_arm(arm)

@@ -137,15 +137,17 @@ class TrainingScheduler:
 
     def round(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        # Open jobs before the registry: a job that ends between the two reads then has its
+        # new versions in the registry read, rather than its old ones found due once more.
+        busy = {(m["entity"], j["model_type"]) for j in open_jobs(
+            self._read(self.names.training_jobs, "TrainingJob"),
+            self._read(self.names.training_results, "TrainingResult")).values() for m in j["members"]}
         tables = self._latest_tables()
         with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as registry:
             self._record_reference_rewards(registry, tables)
             fleet, live = fleet_from(registry.all(), tables, now_ms)
         if not len(fleet):
             return []
-        busy = {(m["entity"], j["model_type"]) for j in open_jobs(
-            self._read(self.names.training_jobs, "TrainingJob"),
-            self._read(self.names.training_results, "TrainingResult")).values() for m in j["members"]}
         p = plan(fleet, self.config.policies(), now_ms, gap_share=self.config.gap_share,
                  assumed_decay=self.config.assumed_decay, grouping=self.config.grouping_rules())
         records = job_records(p, fleet, live, now_ms, busy)

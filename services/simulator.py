@@ -8,6 +8,13 @@ HTTP, or the same code in process), a ServeEvent is logged for each (by the side
 here), and each serve is rewarded with its arm's true probability. Simulated time runs
 faster than the wall clock (a week in minutes); event time drives the windows.
 
+An experiment that takes registered model versions as arms (a spec with `models:`) can
+have its versions' true rates in the scenario's `models` section: a version's click rate
+is its entity's `fresh` rate, losing `loss_per_day` of it for every day of age of its
+training data (down to `floor` of it), so a model gets stale and a retrained one recovers.
+Such arms come and go while the simulation runs: the simulator serves whatever arms the
+live spec offers the entity.
+
 It keeps the figures a demo summary needs: serves and rewards produced, regret of the
 assignments against always serving the best arm, and the regret an equal-split A/B test
 would have had over the same traffic. A few malformed events can be mixed in, to show the
@@ -28,6 +35,7 @@ import numpy as np
 import yaml
 
 from sluice.core.health import REQUEST_OUTCOME
+from sluice.core.lifecycle import parse_arm
 from sluice.core.spec import ExperimentSpec
 from sluice.kafka.clients import entity_key
 from sluice.kafka.io import AvroProducer
@@ -60,6 +68,29 @@ _BEHAVIOUR_FIELDS = {"rate", "error_rate", "latency_ms_p50", "latency_ms_p95"}
 
 
 @dataclass(frozen=True)
+class ModelDecay:
+    """The true click rate of an entity's model versions by the age of their training data:
+    `fresh` at age 0, less `loss_per_day` of it per day of age, never below `floor` of it."""
+
+    fresh: float
+    loss_per_day: float = 0.05
+    floor: float = 0.5
+
+    def rate(self, age_days: float) -> float:
+        return self.fresh * max(self.floor, 1.0 - self.loss_per_day * max(0.0, age_days))
+
+
+# The devices of the requests where model versions serve: name, share of the traffic, and
+# the factor on the click rate (the factors average 1 over the shares, so an arm's rate is
+# its mean).
+DEVICES = (("mobile", 0.6, 0.4), ("desktop", 0.3, 1.6), ("tablet", 0.1, 2.8))
+
+# When a model version's training data ended (epoch ms): (entity, model type, version) →
+# data_end_ms, or None when the version is not known (yet).
+DataEnd = Callable[[str, str, int], "int | None"]
+
+
+@dataclass(frozen=True)
 class Phase:
     """From simulated day `at_day` on, these arms behave otherwise (experiment → entity →
     arm → any of rate, error_rate, latency_ms_p50, latency_ms_p95)."""
@@ -81,8 +112,27 @@ class Scenario:
     step_hours: float = 1.0
     malformed_every_steps: int = 24  # one malformed event of each kind this often; 0 = none
     phases: tuple[Phase, ...] = ()
+    models: Mapping[str, Mapping[str, ModelDecay]] = field(default_factory=dict)  # experiment → entity → decay
 
     def __post_init__(self) -> None:
+        decays: dict[str, dict[str, ModelDecay]] = {}
+        for exp, entities in self.models.items():
+            if not isinstance(entities, Mapping):
+                raise ScenarioError(f"models.{exp}: expected {{entity: {{fresh, loss_per_day, floor}}}}, got {entities!r}")
+            for entity, given in entities.items():
+                if isinstance(given, ModelDecay):
+                    decays.setdefault(exp, {})[entity] = given
+                    continue
+                unknown = sorted(set(given) - {"fresh", "loss_per_day", "floor"}) if isinstance(given, Mapping) else None
+                if unknown is None or unknown or "fresh" not in given:
+                    raise ScenarioError(f"models.{exp}.{entity}: expected {{fresh, loss_per_day, floor}} (fresh "
+                                        f"required), got {given!r}")
+                decay = ModelDecay(**{k: float(v) for k, v in given.items()})
+                for name in ("fresh", "loss_per_day", "floor"):
+                    if not 0 <= getattr(decay, name) <= 1:
+                        raise ScenarioError(f"models.{exp}.{entity}.{name}: must be in [0, 1], got {getattr(decay, name)}")
+                decays.setdefault(exp, {})[entity] = decay
+        object.__setattr__(self, "models", decays)
         parsed = []
         for i, phase in enumerate(self.phases):
             if isinstance(phase, Phase):
@@ -122,6 +172,13 @@ class Scenario:
                         raise ScenarioError(f"{where}.{exp}.{entity}: rates must be in [0, 1], got {bad}")
         if not 0 <= self.change_at <= 1:
             raise ScenarioError(f"change_at must be a fraction in [0, 1], got {self.change_at}")
+        for exp, entities in self.models.items():
+            if exp not in specs or specs[exp].models is None:
+                raise ScenarioError(f"models.{exp}: no experiment of that id takes model versions as arms (a spec "
+                                    f"with `models:`); those that do: {sorted(e for e, s in specs.items() if s.models)}")
+            missing = sorted(set(entities) - set(self.rates.get(exp, {})))
+            if missing:
+                raise ScenarioError(f"models.{exp}: entities {missing} have no `rates` for the spec's own arms")
         for i, phase in enumerate(self.phases):
             for exp, entities in phase.arms.items():
                 if exp not in specs:
@@ -174,7 +231,8 @@ class Served:
 class Assignments(Protocol):
     """Where the simulator gets its assignments; implementations also log the serves."""
 
-    def assign(self, experiment: str, entity: str, unit_ids: list[str], timestamps_ms: list[int]) -> list[Served]: ...
+    def assign(self, experiment: str, entity: str, unit_ids: list[str], timestamps_ms: list[int],
+               contexts: list[dict[str, str]] | None = None) -> list[Served]: ...
 
     def close(self) -> None: ...
 
@@ -190,17 +248,22 @@ class Tally:
     regret: Counter[str] = field(default_factory=Counter)  # expected, by experiment
     regret_equal_split: Counter[str] = field(default_factory=Counter)
     last_arm_counts: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
+    best_last: dict[tuple[str, str], str] = field(default_factory=dict)  # the truly best arm at the last step
 
 
 class Simulator:
     """See the module docstring. `on_step(fraction, tally)` is called after every step."""
 
     def __init__(self, specs: Mapping[str, ExperimentSpec], scenario: Scenario, assignments: Assignments,
-                 rewards: AvroProducer, names: TopicNames, *, seed: int = 7) -> None:
-        self.specs, self.scenario, self.assignments = specs, scenario, assignments
-        self.rewards, self.names = rewards, names
+                 rewards: AvroProducer, names: TopicNames, *, seed: int = 7, data_end: DataEnd | None = None) -> None:
+        """`specs` may be replaced while running (`self.specs[id] = newer`): each step serves
+        the arms the current spec offers. `data_end` says when a model version's training
+        data ended, for the rates of the scenario's `models`."""
+        self.specs, self.scenario, self.assignments = dict(specs), scenario, assignments
+        self.rewards, self.names, self.data_end = rewards, names, data_end
         self.rng = np.random.default_rng(seed)
         self.tally = Tally()
+        self.now_ms = 0  # the simulated time: the start of the current step
         self._unit = 0
 
     def run(self, start_ms: int, *, wall_seconds: float, on_step: Callable[[float, Tally], None] | None = None) -> Tally:
@@ -213,6 +276,7 @@ class Simulator:
             began = time.monotonic()
             fraction = step / steps
             t0 = start_ms + step * step_ms
+            self.now_ms = t0
             for exp, entities in sc.rates.items():
                 for entity in entities:
                     self._traffic(exp, entity, t0, step_ms, per_step, fraction, last=step >= steps - 24 / sc.step_hours)
@@ -225,20 +289,27 @@ class Simulator:
         return self.tally
 
     def _traffic(self, exp: str, entity: str, t0: int, step_ms: int, n: int, fraction: float, last: bool) -> None:
-        sc, tally = self.scenario, self.tally
+        tally = self.tally
         units = [f"user-{self._unit + i}" for i in range(n)]
         self._unit += n
         times = np.sort(t0 + self.rng.integers(0, step_ms, n))
-        served = self.assignments.assign(exp, entity, units, times.tolist())
-        arms = self.specs[exp].arm_names
-        behaviour = {a: sc.behaviour(exp, entity, a, fraction) for a in arms}
+        # Where model versions serve, requests carry the context they learn from: the device,
+        # whose clicks differ (DEVICES), so the demo trainer has something real to fit.
+        devices = self.rng.choice(len(DEVICES), n, p=[d[1] for d in DEVICES]) if exp in self.scenario.models else None
+        contexts = None if devices is None else [{"device": DEVICES[d][0]} for d in devices]
+        served = self.assignments.assign(exp, entity, units, times.tolist(), contexts)
+        arms = set(self.specs[exp].arms_of(entity)) | {s.arm for s in served}  # the sidecar may know a newer spec
+        behaviour = {a: self._behaviour(exp, entity, a, fraction, t0) for a in sorted(arms)}
         value = {a: b.rate * (1 - b.error_rate) for a, b in behaviour.items()}
         best = max(value.values())
         equal_split = best - float(np.mean(list(value.values())))
+        if last:
+            tally.best_last[(exp, entity)] = max(value, key=value.__getitem__)
         key = entity_key(exp, entity)
         reward_name = self.specs[exp].reward.name
-        for s, ts in zip(served, times):
+        for j, (s, ts) in enumerate(zip(served, times)):
             b = behaviour[s.arm]
+            lift = 1.0 if devices is None else DEVICES[devices[j]][2]
             tally.serves[exp] += 1
             tally.regret[exp] += best - value[s.arm]
             tally.regret_equal_split[exp] += equal_split
@@ -253,7 +324,7 @@ class Simulator:
                 "latency_ms": latency, "error": failed,
             })
             tally.outcomes[exp] += 1
-            if not failed and self.rng.random() < b.rate:
+            if not failed and self.rng.random() < b.rate * lift:
                 delay = int(self.rng.integers(1_000, 30 * 60_000))  # a click within half an hour
                 self.rewards.send(self.names.rewards, key, "RewardEvent", {
                     "event_id": str(uuid.uuid4()), "serve_id": s.serve_id, "experiment_id": exp, "entity": entity,
@@ -261,6 +332,15 @@ class Simulator:
                     "latency_ms": None, "error": None,
                 })
                 tally.rewards[exp] += 1
+
+    def _behaviour(self, exp: str, entity: str, arm: str, fraction: float, now_ms: int) -> Behaviour:
+        """An arm's behaviour now: the scenario's, or for a model version its decayed rate."""
+        decay = self.scenario.models.get(exp, {}).get(entity)
+        parsed = parse_arm(arm) if decay is not None and arm not in self.scenario.rates[exp][entity] else None
+        if parsed is None:
+            return self.scenario.behaviour(exp, entity, arm, fraction)
+        end = self.data_end(entity, *parsed) if self.data_end is not None else None
+        return Behaviour(decay.rate(0.0 if end is None else (now_ms - end) / DAY_MS))
 
     def _malformed(self, t0: int) -> None:
         """One of each: bytes that are not Avro, a serve of an arm the experiment lacks, and
@@ -304,5 +384,6 @@ def describe(tally: Tally, scenario: Scenario, specs: Mapping[str, ExperimentSpe
         static = specs[exp].policy.name == "static"
         out[f"{exp}/{entity}"] = {"chosen": "(static split)" if static else chosen,
                                   "share": counts[chosen] / sum(counts.values()),
-                                  "best": scenario.best(exp, entity, 1.0), "static": static}
+                                  "best": tally.best_last.get((exp, entity)) or scenario.best(exp, entity, 1.0),
+                                  "static": static}
     return out

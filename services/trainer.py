@@ -42,7 +42,7 @@ from sluice.kafka.clients import consumer_config
 from sluice.kafka.io import AvroProducer
 from sluice.kafka.security import PLAINTEXT, KafkaSecurity
 from sluice.kafka.topics import TopicNames
-from sluice.models import ModelRegistry, ModelVersion, offer
+from sluice.models import ModelRegistry, ModelVersion, register_and_offer, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,13 @@ def resolve(entry: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 class Trainer:
     def __init__(self, bootstrap: str, prefix: str, serde: SingleObjectSerde, entry: str, *, workers: int = 2,
                  max_attempts: int = 4, backoff_s: float = 60.0, group_id: str | None = None,
-                 security: KafkaSecurity = PLAINTEXT) -> None:
+                 security: KafkaSecurity = PLAINTEXT, clock: Callable[[], int] = wall_clock_ms) -> None:
+        """`clock` (epoch ms) dates what is registered (`trained_at`, `serving_since`); a
+        simulation passes its simulated time. Backoff waits are wall-clock time."""
         if not entry.startswith("command:"):
             resolve(entry)  # fail at start, not on the first job
         self.bootstrap, self.prefix, self.serde, self.entry, self.security = bootstrap, prefix, serde, entry, security
-        self.workers, self.max_attempts, self.backoff_s = workers, max_attempts, backoff_s
+        self.workers, self.max_attempts, self.backoff_s, self.clock = workers, max_attempts, backoff_s, clock
         self.names = TopicNames(prefix)
         self.group_id = group_id or f"{prefix}-trainer"
         self._producer = AvroProducer(bootstrap, serde, security=security)
@@ -150,25 +152,23 @@ class Trainer:
         missing = [m["entity"] for m in job["members"] if m["entity"] not in trained]
         if missing:
             raise TrainerError(f"the result has no model for {missing}; it must have one per member")
-        with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as registry, \
+        with ModelRegistry(self.bootstrap, self.prefix, self.serde, security=self.security, clock=self.clock) as registry, \
                 ExperimentRegistry(self.bootstrap, self.prefix, self.serde, security=self.security) as experiments:
             from sluice.core.lifecycle import next_arm_version
 
             number = max(registry.next_version(job["model_type"]),
                          next_arm_version(experiments.all(), job["model_type"]))
-            now = int(time.time() * 1000)
-            done = []
+            now = self.clock()
+            versions = []
             for m in job["members"]:
                 t = trained[m["entity"]]
                 try:
-                    done.append(registry.register(ModelVersion(
+                    versions.append(ModelVersion(
                         m["entity"], job["model_type"], number, now, int(t["data_start_ms"]), int(t["data_end_ms"]),
                         int(t["rows"]), str(t["dataset_fingerprint"]), job["feature_set"], job["feature_set_version"],
                         str(t["artifact_uri"]), {k: float(v) for k, v in (t.get("metrics") or {}).items()},
-                        source="trainer", reason=f"trained by job {job['job_id']}")))
+                        source="trainer", reason=f"trained by job {job['job_id']}"))
                 except KeyError as exc:
                     raise TrainerError(f"the result's model for {m['entity']!r} lacks {exc}") from None
-            for change in offer(experiments, done):
-                registry.set_status(change.entity, job["model_type"], number, "serving",
-                                    f"arm {change.arm} entered {change.experiment_id}")
+            done, _ = register_and_offer(registry, experiments, versions)
         return [f"{v.entity}/{v.model_type}/{v.version}" for v in done]

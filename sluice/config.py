@@ -101,6 +101,16 @@ class Settings(BaseSettings):
         description="When set, the sidecar's POST /v1/rewards needs `Authorization: Bearer <this>` (forged rewards "
                     "would steer a bandit).",
     )
+    sluice_mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="http(s)://host:port of an MLflow tracking server: `sluice api` reads from it the model "
+                    "versions its webhooks announce; the default --tracking-uri of `sluice models mlflow-sync`.",
+    )
+    sluice_mlflow_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The secret MLflow signs its webhook deliveries with; when set (with "
+                    "SLUICE_MLFLOW_TRACKING_URI), `sluice api` takes them at POST /v1/integrations/mlflow/webhook.",
+    )
 
     @property
     def chdb_path(self) -> Path:

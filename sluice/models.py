@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -118,11 +118,14 @@ def model_key(entity: str, model_type: str, version: int) -> bytes:
 
 
 class ModelRegistry:
-    """The models topic: read to its end at open, every change confirmed by the broker."""
+    """The models topic: read to its end at open, every change confirmed by the broker.
+    `clock` (epoch ms) stamps changes (`updated_at`, `serving_since`); a simulation passes
+    its simulated time."""
 
     def __init__(self, bootstrap: str, prefix: str = "sluice", serde: SingleObjectSerde | None = None, *,
-                 security: KafkaSecurity = PLAINTEXT) -> None:
+                 security: KafkaSecurity = PLAINTEXT, clock: Callable[[], int] | None = None) -> None:
         self.topic = TopicNames(prefix).models
+        self.clock = clock or wall_clock_ms
         self._serde = serde or SingleObjectSerde(SchemaSet.bundled())
         self._producer = AvroProducer(bootstrap, self._serde, security=security)
         self._versions: dict[bytes, ModelVersion] = {}
@@ -168,7 +171,7 @@ class ModelRegistry:
                 return existing
             raise ModelRegistryError(f"{version.model_type} v{version.version} of entity {version.entity!r} is "
                                      "registered already with other content; register a new version")
-        done = replace(version, status="candidate", updated_at_ms=_now_ms())
+        done = replace(version, status="candidate", updated_at_ms=self.clock())
         self._publish(done)
         return done
 
@@ -180,7 +183,7 @@ class ModelRegistry:
         if current.status == "retired":
             raise ModelRegistryError(f"{model_type} v{version} of {entity!r} is retired ({current.reason}); "
                                      "register a new version instead")
-        now = _now_ms()
+        now = self.clock()
         changed = replace(current, status=status, reason=reason, updated_at_ms=now,
                           serving_since_ms=now if status == "serving" else current.serving_since_ms)
         self._publish(changed)
@@ -189,7 +192,7 @@ class ModelRegistry:
     def annotate(self, version: ModelVersion, metrics: Mapping[str, float], reason: str) -> ModelVersion:
         """Add metrics measured after training (a reference reward); the status stays."""
         current = self.get(version.entity, version.model_type, version.version)
-        changed = replace(current, metrics={**current.metrics, **metrics}, reason=reason, updated_at_ms=_now_ms())
+        changed = replace(current, metrics={**current.metrics, **metrics}, reason=reason, updated_at_ms=self.clock())
         self._publish(changed)
         return changed
 
@@ -205,7 +208,7 @@ def _content(v: ModelVersion) -> tuple[Any, ...]:
             v.dataset_fingerprint, v.feature_set, v.feature_set_version, v.artifact_uri, dict(v.metrics))
 
 
-def _now_ms() -> int:
+def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -237,6 +240,21 @@ def offer(experiments: ExperimentRegistry, versions: list[ModelVersion]) -> list
         if new is not spec:
             experiments.apply(new)
     return changes
+
+
+def register_and_offer(registry: ModelRegistry, experiments: ExperimentRegistry,
+                       versions: list[ModelVersion]) -> tuple[list[ModelVersion], list[ArmChange]]:
+    """Register newly trained versions and offer their arms (`offer`); a version whose arm
+    entered an experiment for its entity is `serving` from then on. Returns the versions as
+    registered and the arms that entered. What `sluice models register` and the MLflow
+    bridge do with a new version."""
+    done = [registry.register(v) for v in versions]
+    entered = offer(experiments, done)
+    serving = {c.entity: c for c in entered}
+    done = [registry.set_status(v.entity, v.model_type, v.version, "serving",
+                                f"arm {v.arm} entered {serving[v.entity].experiment_id}")
+            if v.entity in serving else v for v in done]
+    return done, entered
 
 
 def withdraw(experiments: ExperimentRegistry, version: ModelVersion) -> list[ArmChange]:

@@ -129,13 +129,15 @@ def current_weights(state: EntityState) -> dict[str, float]:
 def decision_record(state: EntityState, spec: ExperimentSpec, routing: bytes, now_ms: int) -> dict[str, Any] | None:
     """The Decision record for the window of `state` (`sluice.core.decisions.decide` with
     the spec's criteria, the default arm as control, the published weights in force), or
-    None while fewer than two live arms exist. Arms held at 0 (rolled back, retired) are
-    not judged: they get no data, and a verdict must not wait for them."""
+    None while fewer than two live arms exist or an arm is still entering (`ArmSpec.entry`:
+    its entry weight holds until `until_observations`, then it is judged with the rest, so
+    a ship cannot starve a newcomer on its first few serves). Arms held at 0 (rolled back,
+    retired) are not judged: they get no data, and a verdict must not wait for them."""
     arms = [a for a in spec.arm_names if a not in state.actions]
-    if len(arms) < 2 or spec.default_arm not in arms:
+    if len(arms) < 2 or spec.default_arm not in arms or _entering(state, spec, arms):
         return None
+    live = [state.arm_index(a) for a in arms]  # an arm new to the spec joins the state, with no data yet
     totals = window_totals(state, spec.window_ms)
-    live = [state.arms.index(a) for a in arms]
     n, s, ss = totals[live, COUNT], totals[live, SUM], totals[live, SUM_SQ]
     # Rewards can be read before their serves (two topics): successes are capped at the
     # serves, as the policy's Beta posterior caps them, rather than leaving the window unjudged.
@@ -183,9 +185,11 @@ def publication_round(state: EntityState, spec: ExperimentSpec, routing: bytes, 
     alerts += health.retire(state, spec, entity, now_ms)
     if decision is not None and spec.decisions == "act":
         decision["changes"] = act_on_decision(state, spec, decision, now_ms)
+    reopened = reopen_ship(state, spec)
     evaluation = health.evaluate(state, spec, entity, current_weights(state))
     alerts += health.act(state, spec, entity, evaluation, now_ms)
     fixed, notes = health.pins(state, spec)
+    notes = [*reopened, *notes]
     entering, why = entry_pins(state, spec, fixed)
     if entering:
         fixed = {**(fixed or dict(spec.guardrails.pins)), **entering}  # fixed weights replace the spec's pins
@@ -193,6 +197,28 @@ def publication_round(state: EntityState, spec: ExperimentSpec, routing: bytes, 
     publication = next_weight_table(state, spec, routing, now_ms, fixed=fixed, notes=notes, prior=prior)
     mark_published(state, publication)
     return Round(publication, alerts, decision, evaluation)
+
+
+def reopen_ship(state: EntityState, spec: ExperimentSpec) -> list[str]:
+    """A ship settles the arms it was judged among. An arm added since (a newly trained
+    model entering) reopens the entity to its policy: the newcomer enters at its entry
+    weight, and the next decision judges it with the rest. Held by the ship, it would get
+    no traffic and so never a verdict. Returns the note for the table's reason."""
+    if state.shipped is None or "arms" not in state.shipped:
+        return []
+    newcomers = [a for a in spec.arm_names if a not in state.shipped["arms"]]
+    if not newcomers:
+        return []
+    winner, state.shipped = state.shipped["winner"], None
+    state.decision = None  # the next verdict is published and acted on, even the same ship again
+    return [f"{', '.join(newcomers)} entered after {winner} was shipped: the policy weighs every arm again"]
+
+
+def _entering(state: EntityState, spec: ExperimentSpec, arms: list[str]) -> list[str]:
+    """The arms of `arms` that have fewer observations in the window than their entry needs."""
+    totals = window_totals(state, spec.window_ms)
+    return [a.name for a in spec.arms if a.entry is not None and a.name in arms and
+            (a.name not in state.arms or totals[state.arms.index(a.name), COUNT] < a.entry.until_observations)]
 
 
 def entry_pins(state: EntityState, spec: ExperimentSpec, fixed: dict[str, float] | None) -> tuple[dict[str, float], list[str]]:
@@ -222,7 +248,8 @@ def act_on_decision(state: EntityState, spec: ExperimentSpec, decision: dict[str
     entity = decision["entity"] or ""
     changes = []
     if decision["verdict"] == "SHIP" and decision["winner"] and (state.shipped or {}).get("winner") != decision["winner"]:
-        state.shipped = {"winner": decision["winner"], "holdback": spec.holdback, "at_ms": now_ms}
+        state.shipped = {"winner": decision["winner"], "holdback": spec.holdback, "at_ms": now_ms,
+                         "arms": list(spec.arm_names)}
         changes.append(f"shipped {decision['winner']} for {entity!r}: {1 - spec.holdback:.0%} of traffic, "
                        f"{spec.holdback:.0%} held back")
     elif decision["verdict"] in ("KILL", "CONTINUE"):

@@ -4,9 +4,10 @@
 A raw ASGI application on uvicorn, like the assignment sidecar: a route table, a JSON
 parse, a call to the control plane (`services.api.control`), an answer; `openapi.yaml`
 beside this file is the contract; the web console's files are served under /console/
-(`services.api.console`). Every route but /healthz, /metrics and the console's needs
-`Authorization: Bearer <token>`: a missing, malformed, unknown or revoked token gets 401, a
-token without the route's scope 403, and neither reads the body or changes anything. A
+(`services.api.console`). Every route but /healthz, /metrics, the console's and the MLflow
+webhook (which MLflow signs, `sluice.mlflow.webhook`) needs `Authorization: Bearer
+<token>`: a missing, malformed, unknown or revoked token gets 401, a token without the
+route's scope 403, and neither reads the body or changes anything. A
 malformed request gets a 4xx whose `error` names the field; anything else is a bug (500,
 logged).
 
@@ -19,13 +20,14 @@ Optimistic concurrency: every answer that carries a spec carries its version as
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
@@ -35,14 +37,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.api import console
 from services.api.control import Actor, ControlPlane, VersionConflict
+from services.api.events import events_answer, events_request
+from services.api.params import moment_ms
 from services.api.routes import MethodNotAllowed, Route, RouteNotFound, Router
-from services.asgi import BadRequest, answer_lifespan, read_json_object
+from services.asgi import BadRequest, answer_lifespan, json_object, read_body
 from sluice.analytics.results import NoResultsError, entity_history, entity_results, weights_as_of
 from sluice.clickhouse import ClickHouseError
 from sluice.core.spec import ExperimentSpec, SpecError, spec_from_json
+from sluice.errors import SluiceError
 from sluice.experiments import ExperimentNotFoundError
 from sluice.kafka.exceptions import KafkaAdapterError
 from sluice.metrics import ApiMetrics
+from sluice.mlflow import MlflowWebhookReceiver, WebhookRejected
 from sluice.tokens import AuthenticationError, authenticate, grants
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,7 @@ class Request:
     body: dict[str, Any] | None
     actor: Actor | None
     query: dict[str, list[str]] = field(default_factory=dict)
+    raw_body: bytes = b""
 
     def query_value(self, name: str, *, required: bool = False) -> str | None:
         """The one value of query parameter `name`; 400 if it is repeated, or missing when required."""
@@ -79,8 +86,11 @@ class Request:
 
 @dataclass
 class Answer:
+    """What a route answers. A `body` given as chunks is streamed (no content-length), each
+    chunk read off the event loop as the one before is sent."""
+
     status: int
-    body: bytes
+    body: bytes | Iterator[bytes]
     content_type: bytes = _JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -104,18 +114,10 @@ def _if_match(headers: dict[str, str]) -> int | None:
     return int(found.group(1))
 
 
-def _moment_ms(text: str) -> int:
-    """`at` as epoch milliseconds: given as such, or as an ISO 8601 time with its timezone."""
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise BadRequest(400, f"query parameter 'at' must be epoch milliseconds or an ISO 8601 time with its "
-                              f"timezone (2026-11-30T10:00:00Z), not {text!r}")
-    return int(moment.timestamp() * 1000)
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone (a request's body, if any, is read by then)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _only_fields(body: dict[str, Any] | None, known: tuple[str, ...]) -> dict[str, Any]:
@@ -138,8 +140,10 @@ class ApiApp:
     answer 503, results are off)."""
 
     def __init__(self, control: ControlPlane, registry: CollectorRegistry | None = None, *,
-                 clickhouse: Any = None, database: str = "sluice") -> None:
+                 clickhouse: Any = None, database: str = "sluice",
+                 mlflow_webhook: MlflowWebhookReceiver | None = None) -> None:
         self.control = control
+        self.mlflow_webhook = mlflow_webhook
         self.clickhouse = clickhouse
         self.database = database
         self.registry = registry or CollectorRegistry()
@@ -160,8 +164,11 @@ class ApiApp:
             Route("GET", f"{exp}/results", "read", self.results),
             Route("GET", f"{exp}/as-of", "read", self.as_of),
             Route("GET", f"{exp}/history", "read", self.history),
+            Route("GET", f"{exp}/events", "read", self.events),
             Route("GET", "/v1/models", "read", self.list_models),
             Route("GET", "/v1/whoami", "read", self.whoami),
+            # Authenticated by MLflow's HMAC signature, not a token (MLflow sends no bearer).
+            Route("POST", "/v1/integrations/mlflow/webhook", None, self.receive_mlflow_webhook),
             Route("GET", "/", None, self.to_console),
             Route("GET", "/console", None, self.to_console),
             Route("GET", "/console/", None, self.console_file),
@@ -184,24 +191,56 @@ class ApiApp:
             route, params = self._match(method, path)
             template = route.template
             actor = self._authorize(route, headers, request_id)
-            body = await read_json_object(receive, MAX_BODY_BYTES, declared_length=headers.get("content-length", ""),
-                                          allow_empty=True) if method in ("POST", "PUT") else None
+            raw = await read_body(receive, MAX_BODY_BYTES, declared_length=headers.get("content-length", "")) \
+                if method in ("POST", "PUT") else b""
+            body = json_object(raw, allow_empty=True)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-            request = Request(params, headers, body, actor, query)
+            request = Request(params, headers, body, actor, query, raw)
             # Changes wait on Kafka and results on ClickHouse: off the event loop, so other
             # requests keep being answered meanwhile.
-            answer = route.handler(request) if route.scope is None else await asyncio.to_thread(route.handler, request)
+            if inspect.iscoroutinefunction(route.handler):
+                answer = await route.handler(request)
+            else:
+                answer = route.handler(request) if route.scope is None else await asyncio.to_thread(route.handler,
+                                                                                                      request)
         except BadRequest as exc:
             answer = Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), headers=exc.headers)
         except Exception:  # noqa: BLE001 - a bug: logged, answered, and the process keeps serving
             log.exception("%s %s failed (request %s)", method, path, request_id)
             answer = Answer(500, orjson.dumps({"error": f"internal error (request {request_id})"}))
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": [(b"content-type", answer.content_type), (b"content-length", str(len(answer.body)).encode()),
-                                (b"x-request-id", request_id.encode()), *answer.headers]})
-        await send({"type": "http.response.body", "body": answer.body})
+        if isinstance(answer.body, bytes):
+            await send({"type": "http.response.start", "status": answer.status,
+                        "headers": [(b"content-type", answer.content_type),
+                                    (b"content-length", str(len(answer.body)).encode()),
+                                    (b"x-request-id", request_id.encode()), *answer.headers]})
+            await send({"type": "http.response.body", "body": answer.body})
+        else:
+            await self._stream(receive, send, answer, answer.body, request_id, f"{method} {path}")
         self.metrics.requests.labels(template, str(answer.status)).inc()
         self.metrics.duration.labels(template).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _stream(receive: Receive, send: Send, answer: Answer, chunks: Iterator[bytes], request_id: str,
+                      what: str) -> None:
+        """Send `chunks` as they are read, until they end or the client goes away. When
+        reading fails midway the status is sent by then, so the body is left unended (the
+        server drops the connection) and the client sees a broken transfer, not a short file."""
+        gone = asyncio.create_task(_disconnected(receive))
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": [(b"content-type", answer.content_type), (b"x-request-id", request_id.encode()),
+                                *answer.headers]})
+        try:
+            while not gone.done() and (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception:  # noqa: BLE001 - logged; the answer is cut short on purpose
+            log.exception("%s failed while streaming (request %s)", what, request_id)
+            return
+        finally:
+            gone.cancel()
+            with contextlib.suppress(ValueError):  # still running in its thread, if this task was cancelled
+                getattr(chunks, "close", lambda: None)()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _match(self, method: str, path: str) -> tuple[Route[Callable[[Request], Answer]], dict[str, str]]:
         try:
@@ -273,6 +312,23 @@ class ApiApp:
             raise BadRequest(404, str(exc)) from None
         return Answer(200, body, content_type, list(console.HEADERS))
 
+    async def receive_mlflow_webhook(self, request: Request) -> Answer:
+        """An MLflow Model Registry webhook delivery: checked against its signature, then the
+        model it names is synced (`sluice.mlflow`) off the event loop."""
+        if self.mlflow_webhook is None:
+            raise BadRequest(404, "MLflow webhooks are off on this API: start it with SLUICE_MLFLOW_WEBHOOK_SECRET "
+                                  "and SLUICE_MLFLOW_TRACKING_URI set")
+        try:
+            delivery_id = self.mlflow_webhook.verify(request.headers, request.raw_body)
+        except WebhookRejected as exc:
+            raise BadRequest(401, str(exc)) from None
+        try:
+            result = await asyncio.to_thread(self.mlflow_webhook.handle, delivery_id, request.body or {})
+        except SluiceError as exc:  # MLflow or Kafka unavailable: 503, and MLflow delivers again
+            log.warning("MLflow webhook %s not handled: %s", delivery_id, exc)
+            raise BadRequest(503, f"delivery {delivery_id} not handled, nothing registered: {exc}") from None
+        return Answer(200, orjson.dumps(result))
+
     def create(self, request: Request) -> Answer:
         if request.body is None:
             raise BadRequest(400, "body is required: the experiment spec as a JSON object")
@@ -323,7 +379,7 @@ class ApiApp:
     def as_of(self, request: Request) -> Answer:
         spec = self._results_experiment(request)
         entity = request.query_value("entity") or ""
-        at_ms = _moment_ms(request.query_value("at", required=True) or "")
+        at_ms = moment_ms("at", request.query_value("at", required=True) or "")
         return self._read_results(lambda: weights_as_of(self.clickhouse, self.database, spec, entity, at_ms))
 
     def history(self, request: Request) -> Answer:
@@ -331,6 +387,18 @@ class ApiApp:
         spec = self._results_experiment(request)
         entity = request.query_value("entity") or ""
         return self._read_results(lambda: entity_history(self.clickhouse, self.database, spec, entity))
+
+    def events(self, request: Request) -> Answer:
+        """A page of the experiment's serves, rewards or evaluation dataset, as CSV or parquet,
+        streamed (services/api/events.py)."""
+        spec = self._results_experiment(request)
+        wanted = events_request(spec.id, request.query, request.query_value)
+        try:
+            page = events_answer(self.clickhouse, self.database, wanted, request.query)
+        except ClickHouseError as exc:
+            log.warning("events not read: %s", exc)
+            raise BadRequest(503, str(exc)) from None
+        return Answer(200, page.chunks, page.content_type, page.headers)
 
     # -- helpers ----------------------------------------------------------------------
     def _results_experiment(self, request: Request) -> ExperimentSpec:

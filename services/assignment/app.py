@@ -4,7 +4,8 @@ A raw ASGI application (no framework: the request path is a dict lookup, a JSON 
 the SDK call) served by uvicorn with httptools and uvloop; see `openapi.yaml` beside this
 file for the API and `bench/bench_sidecar.py` for why this stack. Every request gets an
 answer that never waits on Kafka; a malformed or unknown request gets a 4xx whose message
-names the field, and anything else is a bug (500, logged).
+names the field (a method a path does not have: 405 with `Allow`), and anything else is a
+bug (500, logged). What each field takes is checked here, once, as `openapi.yaml` states it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,24 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from services.asgi import BadRequest, answer_lifespan, read_json_object
-from sluice.client.sdk import AssignmentRequestError, SluiceClient, UnknownNameError
+from sluice.client.sdk import AssignmentRequestError, Served, SluiceClient, UnknownNameError
 from sluice.metrics import DeliveryCollector, SidecarMetrics
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1_000
 MAX_BODY_BYTES = 1 << 20
+# A serve token writes the serve time in at most 12 hex digits (sluice/core/serve_token.py).
+MAX_TIMESTAMP_MS = 16**12 - 1
+PARAMETERS = "/v1/parameters/"
+PARAMETER_ROUTE = PARAMETERS + "{name}"
+GET_ROUTES = ("/healthz", "/readyz", "/metrics")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -41,6 +48,7 @@ def _bearer_matches(headers: list[tuple[bytes, bytes]], token: str) -> bool:
 
 def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
            where: str = "") -> Any:
+    """Field `name` of `body`, of type `kind`; None when absent or null and not `required`."""
     if name not in body or body[name] is None:
         if required:
             raise BadRequest(400, f"field '{where}{name}' is required")
@@ -51,6 +59,23 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, re
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise BadRequest(400, f"field '{where}{name}' must be {' or '.join(k.__name__ for k in kinds)}, "
                               f"not {type(value).__name__}")
+    return value
+
+
+def _name(body: dict[str, Any], name: str, *, required: bool = True, where: str = "") -> str | None:
+    """A field that names something (an experiment, a unit): a non-empty string."""
+    value = _field(body, name, str, required=required, where=where)
+    if value == "":
+        raise BadRequest(400, f"field '{where}{name}' must not be empty")
+    return value
+
+
+def _timestamp_ms(body: dict[str, Any], where: str = "") -> int | None:
+    """The optional event time: epoch milliseconds a serve token can carry."""
+    value = _field(body, "timestamp_ms", int, required=False, where=where)
+    if value is not None and not 0 <= value <= MAX_TIMESTAMP_MS:
+        raise BadRequest(400, f"field '{where}timestamp_ms' must be epoch milliseconds from 0 to {MAX_TIMESTAMP_MS}, "
+                              f"not {value}")
     return value
 
 
@@ -65,6 +90,17 @@ def _context(body: dict[str, Any], where: str = "") -> dict[str, str] | None:
     return ctx
 
 
+@dataclass(frozen=True)
+class _AssignRequest:
+    """One assignment asked for, its fields checked."""
+
+    experiment: str
+    unit_id: str
+    entity: str | None
+    context: dict[str, str] | None
+    timestamp_ms: int | None
+
+
 class SidecarApp:
     """ASGI app over a `SluiceClient`. With `reward_token`, logging a reward needs it as a
     bearer token (401 without): rewards move a bandit's weights, assignments do not."""
@@ -77,10 +113,12 @@ class SidecarApp:
         self.metrics = SidecarMetrics.create(self.registry)
         if client.delivery is not None:
             self.registry.register(DeliveryCollector(client.delivery))
-        self.routes: dict[tuple[str, str], Callable[[Any], Any]] = {
-            ("POST", "/v1/assign"): self.assign,
-            ("POST", "/v1/assign/batch"): self.assign_batch,
-            ("POST", "/v1/rewards"): self.reward,
+        # Every POST route by its path template; the GET routes are GET_ROUTES.
+        self.routes: dict[str, Callable[[str, dict[str, Any]], Any]] = {
+            "/v1/assign": lambda path, req: self.assign(req),
+            "/v1/assign/batch": lambda path, req: self.assign_batch(req),
+            "/v1/rewards": lambda path, req: self.reward(req),
+            PARAMETER_ROUTE: lambda path, req: self.parameter(path.removeprefix(PARAMETERS), req),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,38 +129,44 @@ class SidecarApp:
             return
         started = time.perf_counter()
         method, path = scope["method"], scope["path"]
-        route = path
+        route = self._route(path)
+        extra: list[tuple[bytes, bytes]] = []
         try:
-            if method == "GET" and path in ("/healthz", "/readyz", "/metrics"):
+            if route is None:
+                raise BadRequest(404, f"{method} {path} is not a route; see openapi.yaml")
+            allowed = "GET" if route in GET_ROUTES else "POST"
+            if method != allowed:
+                extra.append((b"allow", allowed.encode()))
+                raise BadRequest(405, f"{method} is not allowed on {path}; allowed: {allowed}")
+            if method == "GET":
                 status, body, ctype = self._get(path)
             else:
-                handler = self.routes.get((method, path))
-                if handler is None and method == "POST" and path.startswith("/v1/parameters/"):
-                    route = "/v1/parameters/{name}"
-                    name = path.removeprefix("/v1/parameters/")
-                    handler = lambda req: self.parameter(name, req)  # noqa: E731
-                if handler is None:
-                    known = any(p == path for _, p in self.routes) or path.startswith("/v1/parameters/")
-                    raise BadRequest(405 if known else 404,
-                                     f"{method} {path} is not a route" + ("" if known else "; see openapi.yaml"))
-                if handler == self.reward and self.reward_token is not None and \
+                if route == "/v1/rewards" and self.reward_token is not None and \
                         not _bearer_matches(scope["headers"], self.reward_token):
+                    extra.append((b"www-authenticate", b'Bearer realm="sluice-sidecar"'))
                     raise BadRequest(401, "header Authorization: Bearer <the sidecar's reward token> is required "
                                           "(SLUICE_SIDECAR_TOKEN of the sidecar)")
-                status, body, ctype = 200, orjson.dumps(handler(await read_json_object(receive, MAX_BODY_BYTES))), b"application/json"
+                answer = self.routes[route](path, await read_json_object(receive, MAX_BODY_BYTES))
+                status, body, ctype = 200, orjson.dumps(answer), b"application/json"
         except BadRequest as exc:
             status, body, ctype = exc.status, orjson.dumps({"error": str(exc)}), b"application/json"
-            route = route if (method, route) in self.routes or route.startswith("/v1/") else "other"
         except Exception:  # noqa: BLE001 - a bug: logged, answered, and the process keeps serving
             log.exception("%s %s failed", method, path)
             status, body, ctype = 500, b'{"error":"internal error"}', b"application/json"
-        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
-        if status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="sluice-sidecar"'))
+        route = route or "other"
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.duration.labels(route).observe(time.perf_counter() - started)
+
+    def _route(self, path: str) -> str | None:
+        """The route template `path` is of, or None (404). A parameter's name may hold '/'."""
+        if path in self.routes or path in GET_ROUTES:
+            return path
+        if path.startswith(PARAMETERS) and len(path) > len(PARAMETERS):
+            return PARAMETER_ROUTE
+        return None
 
     def _get(self, path: str) -> tuple[int, bytes, bytes]:
         if path == "/healthz":
@@ -137,49 +181,58 @@ class SidecarApp:
 
     # -- routes ---------------------------------------------------------------------------------
 
-    def _assign_one(self, req: dict[str, Any], where: str = "") -> dict[str, Any]:
-        experiment = _field(req, "experiment", str, where=where)
-        unit_id = _field(req, "unit_id", str, where=where)
-        entity = _field(req, "entity", str, required=False, where=where)
-        timestamp = _field(req, "timestamp_ms", int, required=False, where=where)
+    @staticmethod
+    def _assign_request(req: dict[str, Any], where: str = "") -> _AssignRequest:
+        return _AssignRequest(_name(req, "experiment", where=where), _name(req, "unit_id", where=where),
+                              _field(req, "entity", str, required=False, where=where), _context(req, where),
+                              _timestamp_ms(req, where))
+
+    def _assign(self, r: _AssignRequest, where: str = "", *, log: bool = True) -> Served:
         try:
-            return self.client.assign(experiment, unit_id, entity, _context(req, where),
-                                      timestamp_ms=timestamp).to_json()
+            return self.client.assign(r.experiment, r.unit_id, r.entity, r.context, timestamp_ms=r.timestamp_ms,
+                                      log=log)
         except AssignmentRequestError as exc:
             raise BadRequest(_status(exc), f"{where}{exc}") from None
 
     def assign(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._assign_one(req)
+        return self._assign(self._assign_request(req)).to_json()
 
     def assign_batch(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Every request's assignment, or none: all are checked and assigned before any
+        serve is logged, so a refused batch logs nothing."""
         items = _field(req, "requests", list)
         if len(items) > MAX_BATCH:
             raise BadRequest(413, f"field 'requests' holds {len(items)} items; at most {MAX_BATCH} per batch")
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise BadRequest(400, f"field 'requests[{i}]' must be an object")
-        return {"assignments": [self._assign_one(item, f"requests[{i}].") for i, item in enumerate(items)]}
+        wanted = [self._assign_request(item, f"requests[{i}].") for i, item in enumerate(items)]
+        served = [self._assign(r, f"requests[{i}].", log=False) for i, r in enumerate(wanted)]
+        for r, s in zip(wanted, served):
+            self.client.log_exposure(s, r.context)
+        return {"assignments": [s.to_json() for s in served]}
 
     def parameter(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
-        unit_id = _field(req, "unit_id", str)
+        unit_id = _name(req, "unit_id")
         entity = _field(req, "entity", str, required=False)
-        experiment = _field(req, "experiment", str, required=False)
+        experiment = _name(req, "experiment", required=False)
         try:
             value = self.client.get(name, unit_id, entity, _context(req), experiment=experiment,
-                                    timestamp_ms=_field(req, "timestamp_ms", int, required=False))
+                                    timestamp_ms=_timestamp_ms(req))
         except AssignmentRequestError as exc:
             raise BadRequest(_status(exc), str(exc)) from None
         return {"name": name, "value": value.value, "assignment": value.assignment.to_json()}
 
     def reward(self, req: dict[str, Any]) -> dict[str, Any]:
         value = _field(req, "value", (int, float))
+        latency_ms = _field(req, "latency_ms", (int, float), required=False)
+        if latency_ms is not None and latency_ms < 0:
+            raise BadRequest(400, f"field 'latency_ms' must be at least 0, not {latency_ms}")
         try:
             event_id = self.client.log_reward(
-                _field(req, "serve_id", str), float(value), experiment=_field(req, "experiment", str),
+                _field(req, "serve_id", str), float(value), experiment=_name(req, "experiment"),
                 entity=_field(req, "entity", str, required=False), name=_field(req, "name", str, required=False),
-                timestamp_ms=_field(req, "timestamp_ms", int, required=False),
-                latency_ms=_field(req, "latency_ms", (int, float), required=False),
-                error=_field(req, "error", bool, required=False))
+                timestamp_ms=_timestamp_ms(req), latency_ms=latency_ms, error=_field(req, "error", bool, required=False))
         except AssignmentRequestError as exc:
             raise BadRequest(_status(exc), str(exc)) from None
         return {"event_id": event_id}

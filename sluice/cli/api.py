@@ -13,6 +13,9 @@ import click
 from sluice.cli._common import kafka_or_fail, settings, sigterm_unwinds, sluice_errors
 
 if TYPE_CHECKING:
+    from sluice.config import Settings
+    from sluice.kafka.security import KafkaSecurity
+    from sluice.mlflow import MlflowWebhookReceiver
     from streams.sink.sink import ClickHouseSink
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ def api(prefix: str, host: str, port: int, instance_id: str | None, ready_timeou
     sigterm_unwinds()
     s = settings()
     bootstrap, security = kafka_or_fail(s)
+    mlflow_webhook = _mlflow_webhook(s, bootstrap, prefix, security)
     serde = SingleObjectSerde(SchemaSet.bundled())
     names = TopicNames(prefix)
     control = ControlPlane(bootstrap, serde, names, instance_id=instance_id or uuid.uuid4().hex, security=security)
@@ -75,8 +79,9 @@ def api(prefix: str, host: str, port: int, instance_id: str | None, ready_timeou
         where = "off" if clickhouse is None else f"{database} on {s.clickhouse_url or s.chdb_path}" + \
             (", sink in this process" if sink is not None else "")
         click.echo(f"api on http://{host}:{port} (results: {where})", err=True)
-        uvicorn.run(ApiApp(control, clickhouse=clickhouse, database=database), host=host, port=port, loop="uvloop",
-                    http="httptools", log_level="warning", access_log=False, lifespan="on")
+        uvicorn.run(ApiApp(control, clickhouse=clickhouse, database=database, mlflow_webhook=mlflow_webhook),
+                    host=host, port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+                    lifespan="on")
     except KeyboardInterrupt:
         pass
     finally:
@@ -84,6 +89,23 @@ def api(prefix: str, host: str, port: int, instance_id: str | None, ready_timeou
             sink.stop()
             sink_thread.join(30)
         control.close()
+
+
+def _mlflow_webhook(s: Settings, bootstrap: str, prefix: str, security: KafkaSecurity) -> MlflowWebhookReceiver | None:
+    """The MLflow webhook's receiver when SLUICE_MLFLOW_WEBHOOK_SECRET is set (it reads what
+    a delivery announces from SLUICE_MLFLOW_TRACKING_URI's server)."""
+    if s.sluice_mlflow_webhook_secret is None:
+        return None
+    from sluice.mlflow import MlflowBridge, MlflowClient, MlflowWebhookReceiver, kafka_registries
+
+    if not s.sluice_mlflow_tracking_uri:
+        raise click.ClickException("SLUICE_MLFLOW_WEBHOOK_SECRET is set but SLUICE_MLFLOW_TRACKING_URI is not: the "
+                                   "webhook's receiver reads each announced model version from the MLflow server")
+    bridge = MlflowBridge(MlflowClient.from_environment(s.sluice_mlflow_tracking_uri),
+                          kafka_registries(bootstrap, prefix, security))
+    click.echo(f"MLflow webhooks taken at /v1/integrations/mlflow/webhook (models read from "
+               f"{s.sluice_mlflow_tracking_uri})", err=True)
+    return MlflowWebhookReceiver(s.sluice_mlflow_webhook_secret.get_secret_value(), bridge)
 
 
 def _run_sink(sink: ClickHouseSink, every: list[tuple[float, Callable[[], None]]]) -> None:

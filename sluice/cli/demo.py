@@ -17,14 +17,18 @@ from sluice.cli._common import settings, sigterm_unwinds, sluice_errors
               help="Also write the summary as JSON here.")
 @click.option("--rates", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Another scenario for the demo's experiments (true rates; see examples/demo/scenario.yaml).")
+@click.option("--keep", is_flag=True, help="After the summary, keep the web console and the broker up until Ctrl-C.")
 @sluice_errors
-def demo(wall_seconds: float, days: float | None, summary_json: Path | None, rates: Path | None) -> None:
+def demo(wall_seconds: float, days: float | None, summary_json: Path | None, rates: Path | None, keep: bool) -> None:
     """Run the whole platform on simulated traffic: broker, worker, sink, a Thompson bandit
-    and an A/B test, live weights, a summary and an HTML report. Stops what it started."""
+    and an A/B test, model versions retrained and replaced as arms, live weights, the web
+    console, a summary and an HTML report. Stops what it started."""
     from services import demo as demo_run
 
     sigterm_unwinds()
-    demo_run.run(settings(), demo_run.default_options(wall_seconds, days, summary_json, rates))
+    options = demo_run.default_options(wall_seconds, days, summary_json, rates)
+    options.keep = keep
+    demo_run.run(settings(), options)
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""`sluice models …`: the model registry (list, show, register, retire)."""
+"""`sluice models …`: the model registry (list, show, register, retire, follow, mlflow-sync)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ PREFIX = click.option("--prefix", default="sluice", show_default=True, help="Top
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 if TYPE_CHECKING:
+    from sluice.mlflow import SyncReport
     from sluice.models import ModelVersion
 
 
@@ -116,7 +117,7 @@ def register(entities: tuple[str, ...], model_type: str, version: int | None, ar
 
     from sluice.core.lifecycle import next_arm_version
     from sluice.experiments import ExperimentRegistry
-    from sluice.models import ModelRegistry, ModelVersion, offer
+    from sluice.models import ModelRegistry, ModelVersion, register_and_offer
 
     name, sep, fs_version = feature_set.rpartition("@")
     if not sep or not name or not fs_version:
@@ -134,15 +135,10 @@ def register(entities: tuple[str, ...], model_type: str, version: int | None, ar
     with ModelRegistry(bootstrap, prefix, security=security) as registry, \
             ExperimentRegistry(bootstrap, prefix, security=security) as experiments:
         number = version or max(registry.next_version(model_type), next_arm_version(experiments.all(), model_type))
-        done = [registry.register(ModelVersion(
+        done, entered = register_and_offer(registry, experiments, [ModelVersion(
             entity, model_type, number, _time_ms(trained_at, "--trained-at") or int(time.time() * 1000),
             _time_ms(data_start, "--data-start") or 0, _time_ms(data_end, "--data-end") or 0, rows, fingerprint, name,
-            fs_version, artifact_uri, parsed, source=source)) for entity in entities]
-        entered = offer(experiments, done)
-        serving = {c.entity: c for c in entered}
-        done = [registry.set_status(v.entity, v.model_type, v.version, "serving",
-                                    f"arm {v.arm} entered {serving[v.entity].experiment_id}")
-                if v.entity in serving else v for v in done]
+            fs_version, artifact_uri, parsed, source=source) for entity in entities])
     if as_json:
         click.echo(json.dumps({"versions": [v.public() for v in done], "entered": [c.text for c in entered]}))
         return
@@ -200,3 +196,73 @@ def follow(prefix: str) -> None:
         follower.run()
     except KeyboardInterrupt:
         pass
+
+
+@models.command("mlflow-sync")
+@click.option("--tracking-uri", envvar="SLUICE_MLFLOW_TRACKING_URI", required=True,
+              help="http(s)://host:port of the MLflow tracking server [env SLUICE_MLFLOW_TRACKING_URI]. Credentials "
+                   "come from MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.")
+@click.option("--every", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds between two syncs.")
+@click.option("--once", is_flag=True, help="Sync once and exit (exit 1 if MLflow or Kafka cannot be read).")
+@click.option("--model", "names", multiple=True,
+              help="Only this registered model (repeat) [default: every registered model].")
+@click.option("--serving-alias", "serving_aliases", multiple=True, default=("champion", "serving"),
+              show_default=True, help="An MLflow alias that means the version is serving (repeat).")
+@PREFIX
+@JSON
+@sluice_errors
+def mlflow_sync(tracking_uri: str, every: float, once: bool, names: tuple[str, ...],
+                serving_aliases: tuple[str, ...], prefix: str, as_json: bool) -> None:
+    """Register in Sluice the model versions of an MLflow Model Registry, and keep their
+    status in step with the model's aliases. A registered model's name is the model type;
+    a version needs tags sluice.entity, sluice.feature_set (NAME@VERSION),
+    sluice.data_start, sluice.data_end, and sluice.rows and sluice.dataset_fingerprint unless
+    its run logged a dataset input (README: MLflow). A version without them is skipped with
+    a warning naming what is missing. Registering is idempotent: a version already
+    registered is not registered again. Runs until SIGTERM or Ctrl-C unless --once."""
+    import logging
+    import time
+
+    from sluice.cli._common import sigterm_unwinds
+    from sluice.errors import SluiceError
+    from sluice.mlflow import MlflowBridge, MlflowClient, kafka_registries
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bootstrap, security = kafka_or_fail(settings())
+    bridge = MlflowBridge(MlflowClient.from_environment(tracking_uri), kafka_registries(bootstrap, prefix, security),
+                          models=names or None, serving_aliases=serving_aliases)
+    if once:
+        _print_sync(bridge.sync(), as_json)
+        return
+    sigterm_unwinds()
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                _print_sync(bridge.sync(), as_json, quiet=True)
+            except SluiceError as exc:  # MLflow or Kafka away for a while: said, and tried again next round
+                logging.getLogger(__name__).warning("MLflow sync failed, next try in %.0f s: %s", every, exc)
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_sync(report: SyncReport, as_json: bool, *, quiet: bool = False) -> None:
+    """One sync's report; `quiet`: nothing for a sync that changed nothing (a polling loop)."""
+    changed = report.registered or report.status_changes
+    if as_json:
+        if changed or not quiet:
+            click.echo(json.dumps(report.public()))
+        return
+    for v in report.registered:
+        click.echo(f"registered {v.entity}/{v.model_type} v{v.version} ({v.status})")
+    for line in report.entered:
+        click.echo(f"  {line}")
+    for v in report.status_changes:
+        click.echo(f"{v.entity}/{v.model_type} v{v.version}: {v.status} ({v.reason})")
+    if not quiet:
+        for s in report.skipped:
+            click.echo(f"skipped: {s}", err=True)
+        click.echo(f"{len(report.registered)} registered, {len(report.status_changes)} status changes, "
+                   f"{len(report.skipped)} skipped")

@@ -35,6 +35,7 @@ from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.avro.serve_event import ServeEventWriter
 from sluice.core.allocation import Allocation
 from sluice.core.assignment import Assigner
+from sluice.core.features import context_feature_keys, logged_context
 from sluice.core.health import REQUEST_OUTCOME
 from sluice.core.serve_token import ServeTokenError, parse_serve_id
 from sluice.core.spec import ExperimentSpec, spec_from_mapping, spec_from_record
@@ -101,6 +102,7 @@ class _Entry:
     has_table: bool
     arms: tuple[tuple[str, dict[str, Any], float], ...]
     outside: tuple[str, dict[str, Any], float]
+    feature_keys: dict[str, tuple[str, ...]]  # context column -> the feature-set keys it is logged under
 
 
 class ServeIds:
@@ -246,7 +248,9 @@ class SluiceClient:
                *, timestamp_ms: int | None = None, log: bool = True) -> Served:
         """The arm of `unit_id` in `experiment` (for `entity`, if the experiment has
         entities). Logs the ServeEvent unless `log=False` (then call `log_exposure` when
-        the unit actually sees it). `context` (strings to strings) goes into the ServeEvent.
+        the unit actually sees it). `context` (strings to strings) goes into the ServeEvent;
+        a column one of the experiment's context feature sets names is logged under that set's
+        key instead (`sluice.core.features`).
 
         This is the hot path of every service that assigns (see `bench/bench_sidecar.py`):
         it reads memory, hashes, and queues the ServeEvent's fields; the delivery thread
@@ -285,6 +289,8 @@ class SluiceClient:
                         source)
         if log and self.delivery is not None:
             pairs = _context_pairs(context) if context else None
+            if pairs and entry.feature_keys:
+                pairs = logged_context(pairs, entry.feature_keys)
             fields: ServeEventFields = (serve_id, serve_id, experiment, entity, unit_id, arm, inside, propensity,
                                         entry.version, bucket, now, pairs)
             self.delivery.log(self._serves_topic, key, fields)
@@ -328,9 +334,13 @@ class SluiceClient:
             raise AssignmentRequestError(f"log_exposure takes the Served that assign returned, not {type(served).__name__}")
         if self.delivery is not None:
             s = served
+            pairs = _context_pairs(context)
+            spec = self.specs.get(s.experiment)
+            if pairs and spec is not None and spec.feature_sets:
+                pairs = logged_context(pairs, context_feature_keys(spec))
             fields: ServeEventFields = (s.serve_id, s.serve_id, s.experiment, s.entity, s.unit_id, s.arm,
                                         s.in_experiment, s.propensity, s.weights_version, s.bucket, s.timestamp_ms,
-                                        _context_pairs(context))
+                                        pairs)
             self.delivery.log(self._serves_topic, entity_key(s.experiment, s.entity), fields)
 
     def _encode_serve(self, fields: ServeEventFields) -> bytes:
@@ -395,7 +405,7 @@ class SluiceClient:
         shares = assigner.allocation.shares.tolist()  # what Assigner.assign gives as the propensity
         return _Entry(spec, key_table, version, assigner, table is not None,
                       tuple((arm, values[arm], share) for arm, share in zip(assigner.arms, shares)),
-                      (spec.default_arm, values[spec.default_arm], 1.0))
+                      (spec.default_arm, values[spec.default_arm], 1.0), context_feature_keys(spec))
 
     # -- following and snapshots --------------------------------------------------------------
 

@@ -24,8 +24,9 @@ not retraining, from three sources, each in rewards a day at the entity's traffi
   statistics still outranks a fresh one.
 
 **Similar datasets** (one job, one transformation): the same model type, the same feature
-set and version, and the same training window, so the features are computed by the same
-code over the same span; and sizes within `size_ratio` of the group's smallest (a job whose
+set and version, and the same training window to the hour (windows cut from event times
+differ by minutes between entities), so the features are computed by the same code over the
+same span; and sizes within `size_ratio` of the group's smallest (a job whose
 members differ 100-fold would make the small ones wait for the large one's transformation).
 A job holds at most `max_group` entities and `max_job_rows` rows. Jobs are ordered by the
 total worth of their members.
@@ -254,7 +255,8 @@ def _group(fleet: Fleet, order: NDArray[np.int64], gain: NDArray[np.float64], gr
     compatible sizes, smallest first; jobs by total worth."""
     by_key: dict[tuple[str, str, float], list[int]] = {}
     for i in order.tolist():
-        by_key.setdefault((fleet.model_type[i], fleet.feature_set[i], float(fleet.window_days[i])), []).append(i)
+        window = round(float(fleet.window_days[i]) * 24) / 24
+        by_key.setdefault((fleet.model_type[i], fleet.feature_set[i], window), []).append(i)
     jobs = []
     for (model_type, feature_set, window), members in by_key.items():
         members.sort(key=lambda i: int(fleet.rows[i]))

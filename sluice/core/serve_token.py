@@ -74,12 +74,12 @@ def parse_serve_id(text: str) -> ServeToken:
         raise ServeTokenError(f"serve id {text[:200]!r} is not a Sluice serve token "
                               f"('1.<unique>.<time>.<0|1>.<arm>'); pass back the serve_id that assign returned")
     _, unique, time_hex, flag, arm = parts
-    if not _UNIQUE.match(unique):
+    if not _UNIQUE.fullmatch(unique):
         raise ServeTokenError(f"serve id {text[:200]!r}: unique part {unique[:40]!r} is not {UNIQUE_HEX} lowercase hex digits")
-    if not _TIME.match(time_hex):
+    if not _TIME.fullmatch(time_hex):
         raise ServeTokenError(f"serve id {text[:200]!r}: time {time_hex[:40]!r} is not epoch milliseconds in lowercase hex")
     if flag not in ("0", "1"):
         raise ServeTokenError(f"serve id {text[:200]!r}: in-experiment flag {flag[:40]!r} is not 0 or 1")
-    if not _ARM.match(arm):
+    if not _ARM.fullmatch(arm):
         raise ServeTokenError(f"serve id {text[:200]!r}: arm {arm[:140]!r} is not an arm name")
     return ServeToken(unique, int(time_hex, 16), flag == "1", arm)

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml  # a pure parser: YAML text in, Python values out (no I/O here)
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 from sluice.core.allocation import DEFAULT_NUM_BUCKETS, MAX_NUM_BUCKETS, Allocation
 from sluice.core.assignment import Assigner, LayerSlice, traffic_threshold
@@ -31,6 +32,10 @@ from sluice.core.health import HealthConfig
 # Ids and salts: no ":" or "/", so the hash key `salt:unit_id` is unambiguous and the
 # derived salts (`salt/traffic`, `layer/name`) never equal an experiment's salt.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+# Context keys under which the SDK and sidecar log a context feature set's values
+# (`sluice.core.features.feature_key`): reserved, so no caller's own key is taken for one.
+FEATURE_KEY_PREFIX = "sluice.fs:"
+PARQUET_PLACEHOLDERS = ("entity", "date", "name", "version")
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
@@ -161,6 +166,92 @@ class ModelArms(_Frozen):
         3.0, ge=0, description="a version that wins (SHIP) after serving this long retires the older ones of its type")
 
 
+class FeatureSource(_Frozen):
+    """Where a feature set's values come from: exactly one of
+
+    - `context`: columns of the context the caller passes with every assignment; the SDK and
+      the sidecar log them under the feature set's reserved, versioned key instead of their
+      own name, so only models that declare the set see them;
+    - `parquet`: a path template with `{date}` (YYYY-MM-DD, the serve's UTC day) and
+      usually `{entity}` (also `{name}`, `{version}`), one file per entity and day holding
+      `key` (default `unit_id`: matched to the serve's unit id) and `columns`; joined by
+      (entity, day, key) when the dataset is exported or a model trained, never at serve time.
+    """
+
+    context: tuple[str, ...] | None = Field(None, description="serve-context columns the caller passes")
+    parquet: str | None = Field(None, min_length=1, description="path template of a file per entity and day")
+    key: str | None = Field(None, min_length=1, description="parquet only: the file's column matched to the unit id")
+    columns: tuple[str, ...] | None = Field(None, description="parquet only: the file's columns this set takes")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FeatureSource:
+        if (self.context is None) == (self.parquet is None):
+            raise ValueError("give either context: [columns] (values the caller passes with each assignment) or "
+                             "parquet: PATH_TEMPLATE with columns (a file per entity and day), "
+                             + ("not both" if self.context is not None else "but neither is given"))
+        problems = []
+        if self.context is not None:
+            problems += _column_problems("context", self.context)
+            problems += [f"{f}: only a parquet source has a {f}" for f in ("key", "columns")
+                         if getattr(self, f) is not None]
+            problems += [f"context: column {c!r} starts with the reserved {FEATURE_KEY_PREFIX!r}"
+                         for c in self.context if c.startswith(FEATURE_KEY_PREFIX)]
+        else:
+            template = self.parquet or ""
+            names = set(re.findall(r"{([^{}]*)}", template))
+            if "date" not in names:
+                problems.append(f"parquet: {template!r} has no {{date}}; a file holds one day (and entity)")
+            unknown = sorted(names - set(PARQUET_PLACEHOLDERS))
+            if unknown:
+                problems.append(f"parquet: unknown placeholder(s) {unknown} in {template!r}; use "
+                                + ", ".join(f"{{{p}}}" for p in PARQUET_PLACEHOLDERS))
+            if self.columns is None:
+                problems.append("columns: required with a parquet source (the file's columns this set takes)")
+            else:
+                problems += _column_problems("columns", self.columns)
+                if self.key_column in self.columns:
+                    problems.append(f"columns: {self.key_column!r} is the key, not a feature")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def key_column(self) -> str:
+        return self.key or "unit_id"
+
+
+def _column_problems(field: str, columns: tuple[str, ...]) -> list[str]:
+    if not columns or any(not c for c in columns):
+        return [f"{field}: list at least one column, each a non-empty name"]
+    if len(set(columns)) != len(columns):
+        return [f"{field}: {sorted({c for c in columns if columns.count(c) > 1})} appear more than once"]
+    return []
+
+
+class FeatureSet(_Frozen):
+    """Experimental features: a name and version, and where the values come from. Only a
+    model version registered with this feature set and version (`sluice models register
+    --feature-set name@version`) is trained on them; see docs/feature-sets.md."""
+
+    # A YAML `version: 2` is the version "2", as the registry's feature_set_version is a string.
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=100, description="feature set name, e.g. recency")
+    version: str = Field(pattern=NAME_PATTERN, max_length=64, description="its version, e.g. 2")
+    description: str = ""
+    source: FeatureSource
+
+    @property
+    def ref(self) -> str:
+        """`name@version`, as the registry and the logged keys write it."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The set's own column names (context keys or file columns), in declared order."""
+        return self.source.context or self.source.columns or ()
+
+
 class ExperimentSpec(_Frozen):
     """The whole definition of an experiment. Durations are in hours/days as named; use the
     `*_ms` properties for the millisecond fields of the Avro records."""
@@ -191,12 +282,29 @@ class ExperimentSpec(_Frozen):
     holdback: float = Field(0.05, ge=0, lt=1, description="share of traffic a shipped winner leaves to the others")
     evaluation: OfflineEvaluation = Field(default_factory=OfflineEvaluation)
     models: ModelArms | None = Field(None, description="take registered model versions as arms, per entity")
+    feature_sets: tuple[FeatureSet, ...] = Field(
+        (), description="experimental features, used only by models that declare them (docs/feature-sets.md)")
 
     @field_validator("parameters")
     @classmethod
     def _unique_parameters(cls, parameters: tuple[ParameterSpec, ...]) -> tuple[ParameterSpec, ...]:
         _check_unique([p.name for p in parameters], "parameter")
         return parameters
+
+    @field_validator("feature_sets")
+    @classmethod
+    def _unique_feature_sets(cls, feature_sets: tuple[FeatureSet, ...]) -> tuple[FeatureSet, ...]:
+        _check_unique([f.ref for f in feature_sets], "feature set (name@version)")
+        return feature_sets
+
+    @model_serializer(mode="wrap")
+    def _without_empty_feature_sets(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec without feature sets serializes as before they existed, so readers that do
+        # not know the field yet (an SDK not upgraded) still read every such spec.
+        data: dict[str, Any] = handler(self)
+        if not self.feature_sets:
+            data.pop("feature_sets", None)
+        return data
 
     @field_validator("entities")
     @classmethod
@@ -320,9 +428,11 @@ class ExperimentSpec(_Frozen):
 
     def same_for_entity(self, other: ExperimentSpec, entity: str | None) -> bool:
         """Whether `entity` sees the same experiment in both specs (their versions aside): a
-        change that adds an arm for another entity leaves this one's tables alone."""
-        mine = self.for_entity(entity).model_copy(update={"spec_version": 0})
-        theirs = other.for_entity(entity).model_copy(update={"spec_version": 0})
+        change that adds an arm for another entity, or changes only feature sets (what is
+        logged and joined, not how traffic is split), leaves this one's tables alone."""
+        ignored = {"spec_version": 0, "feature_sets": ()}
+        mine = self.for_entity(entity).model_copy(update=ignored)
+        theirs = other.for_entity(entity).model_copy(update=ignored)
         return mine == theirs
 
     @property

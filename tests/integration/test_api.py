@@ -182,6 +182,7 @@ def test_missing_unknown_and_underscoped_tokens_change_nothing(api, kafka_bootst
     ("POST", "/v1/experiments/EXP/arms/b/retire", f"{ONE}/arms/{{arm}}/retire", b'{"entity": 3}', 400, "field 'entity'"),
     ("POST", "/v1/experiments/EXP/pause", f"{ONE}/pause", b'{"force": true}', 400, "field 'force' is not known"),
     ("GET", "/v1/experiments/EXP/results", f"{ONE}/results", None, 503, "results are off"),
+    ("GET", "/v1/experiments/EXP/events?kind=rewards", f"{ONE}/events", None, 503, "results are off"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_problem(api, method, path, template, raw, status, words) -> None:
     server, writer, _, exp = api

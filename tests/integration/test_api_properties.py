@@ -11,15 +11,22 @@ Schema cannot state, checked with the spec model (`spec_from_mapping`).
 from __future__ import annotations
 
 import copy
+import json
+import re
 import sys
+import urllib.error
+import urllib.request
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from sluice.analytics.events import Cursor
 from sluice.core.spec import SpecError, spec_from_mapping
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 
@@ -32,6 +39,7 @@ SCHEMAS = OPENAPI["components"]["schemas"]
 SPEC_VALID = contract_validator({"$ref": "#/components/schemas/ExperimentSpec"})
 UPDATE_VALID = contract_validator({"$ref": "#/components/schemas/ExperimentSpecUpdate"})
 ONE = "/v1/experiments/{experiment_id}"
+EVENTS = f"{ONE}/events"
 PROPERTY_RUN = settings(max_examples=120, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 
@@ -112,7 +120,11 @@ def answered_as_documented(method: str, template: str, answer: tuple[int, Any, d
     status, body, headers = answer
     event(f"{status}")  # --hypothesis-show-statistics: how the examples split between accepted and refused
     assert status < 500, (method, template, status, body)
-    if template == "/metrics" and status == 200:
+    response = OPENAPI["paths"][template][method.lower()]["responses"].get(str(status), {})
+    content = OPENAPI["components"]["responses"][response["$ref"].rsplit("/", 1)[-1]]["content"] \
+        if "$ref" in response else response.get("content", {})
+    if "application/json" not in content and status < 300:  # CSV, parquet, the metrics' text
+        assert headers["content-type"].split(";")[0] in content, (template, status, headers)
         return status
     check_answer(method, template, status, body)
     if status == 405:
@@ -207,3 +219,67 @@ def test_no_method_and_path_gets_a_5xx_and_a_missing_method_gets_405_with_allow(
         assert status == 405 and set(headers["allow"].split(", ")) == {m.upper() for m in documented if m != "parameters"}
     if status in (404, 405):
         assert "error" in body
+
+
+EVENT_PARAMETERS = {p["name"]: p["schema"] for p in OPENAPI["paths"][EVENTS]["get"]["parameters"] if "name" in p}
+
+
+def as_query_value(schema: dict[str, Any]) -> st.SearchStrategy[str]:
+    """A value the parameter's schema allows, as a query string writes it."""
+    if "$ref" in schema:
+        schema = SCHEMAS[schema["$ref"].rsplit("/", 1)[-1]]
+    if schema.get("type") == "integer":
+        return st.integers(schema["minimum"], schema["maximum"]).map(str)
+    if "pattern" in schema and "maxLength" not in schema:
+        return st.from_regex(schema["pattern"], fullmatch=True)
+    return from_schema(schema).map(str)
+
+
+def parameter_valid(name: str, value: str) -> bool:
+    """What the document says of one query parameter's value (a moment must also exist)."""
+    schema = EVENT_PARAMETERS[name]
+    if "$ref" in schema:
+        if not re.fullmatch(SCHEMAS["Moment"]["pattern"].strip("^$"), value):
+            return False
+        try:
+            return value.isdigit() or datetime.fromisoformat(value) is not None
+        except ValueError:
+            return False
+    if schema.get("type") == "integer":
+        return bool(re.fullmatch("[0-9]+", value)) and schema["minimum"] <= int(value) <= schema["maximum"]
+    return contract_validator(schema).is_valid(value)
+
+
+@PROPERTY_RUN
+@given(query=st.dictionaries(
+    st.sampled_from(sorted(EVENT_PARAMETERS) + ["colour"]),
+    st.one_of(st.text(alphabet="abcdefgsxyz0123456789-:TZ.%+_", max_size=14), st.just("")), max_size=4)
+    .flatmap(lambda junk: st.fixed_dictionaries({
+        # mostly what the document allows, else the junk drawn first
+        name: st.sampled_from([True, True, True, False]).flatmap(
+            lambda allowed, name=name, value=value: as_query_value(EVENT_PARAMETERS[name]) if allowed else st.just(value))
+        if name in EVENT_PARAMETERS else st.just(value) for name, value in junk.items()})),
+    token_of=st.sampled_from([None, "serves", "rewards", "dataset"]))
+def test_events_accept_what_the_contract_allows_and_refuse_the_rest(api, query: dict[str, str],
+                                                                   token_of: str | None) -> None:
+    server, writer = api
+    if token_of is not None:  # a page token as a page gave it (the document cannot say what else is one)
+        query["page_token"] = Cursor(token_of, (0, *["x"] * (2 if token_of == "dataset" else 1))).token()
+    status = answered_as_documented("GET", EVENTS, get(server, f"/v1/experiments/base/events?{urlencode(query)}",
+                                                       writer))
+    valid = (all(name in EVENT_PARAMETERS and parameter_valid(name, value) for name, value in query.items()
+                 if name != "page_token")
+             and ("page_token" not in query or token_of == query.get("kind", "serves")))
+    assert status == (200 if valid else 400), (query, status)
+
+
+def get(server: ApiServer, path: str, token: str) -> tuple[int, Any, dict[str, str]]:
+    """(status, the body: JSON decoded, else bytes, headers with lower-case names) of a GET."""
+    request = urllib.request.Request(server.url + path, headers={"authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status, body, headers = answer.status, answer.read(), answer.headers
+    except urllib.error.HTTPError as exc:
+        status, body, headers = exc.code, exc.read(), exc.headers
+    lower = {k.lower(): v for k, v in headers.items()}
+    return status, json.loads(body) if lower["content-type"] == "application/json" else body, lower

@@ -76,6 +76,15 @@ def test_similar_datasets_share_a_job_and_others_do_not() -> None:
     assert ab.rows == 40_000 and (ab.model_type, ab.feature_set, ab.window_days) == ("gbdt", "clicks@1", 28.0)
 
 
+def test_windows_cut_minutes_apart_are_the_same_window() -> None:
+    """Windows cut from each entity's own event times differ by minutes; to the hour they
+    are one window, and one job."""
+    f = fleet([{"entity": "a", "age_days": 8, "window_days": 1.700}, {"entity": "b", "age_days": 8, "window_days": 1.712},
+               {"entity": "c", "age_days": 8, "window_days": 1.75}])  # an hour longer: another window
+    groups = sorted(sorted(f.entity[i] for i in j.members) for j in plan(f, POLICIES, NOW).jobs)
+    assert groups == [["a", "b"], ["c"]]
+
+
 def test_a_job_holds_at_most_max_group_entities() -> None:
     f = fleet([{"entity": f"e{i}", "age_days": 8} for i in range(7)])
     p = plan(f, POLICIES, NOW, grouping=Grouping(max_group=3))

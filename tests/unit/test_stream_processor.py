@@ -389,6 +389,26 @@ def test_rewards_read_before_their_serves_still_get_a_decision(serde, make) -> N
     assert record is not None and record["verdict"] in {"CONTINUE", "SHIP", "ITERATE", "KILL"}, record
 
 
+def test_an_arm_added_to_the_spec_is_judged_before_any_table_includes_it(serde, make) -> None:
+    """A spec change (a newly trained model entering) can reach the decision before the
+    weight table that would add the arm to the entity's state: the arm joins with no data
+    and the decision waits for it, instead of the worker failing on an unknown arm."""
+    from streams.publisher import decision_record
+
+    spec = bandit_spec("e1", ["a", "b"], criteria={"sequential": False})
+    traffic = Traffic()
+    traffic.bandit("e1", ["x"], {"a": 0.05, "b": 0.3}, 3000, NOW - 9 * DAY_MS, np.random.default_rng(8),
+                   spacing_ms=250_000)
+    worker = make({"e1": spec})
+    worker.process(to_inputs(traffic, serde))
+    state = worker.processor.states[b"e1\x1fx"]
+    assert state.arms == ["a", "b"]
+    record = decision_record(state, bandit_spec("e1", ["a", "b", "new"], criteria={"sequential": False}), b"e1\x1fx", NOW)
+    assert state.arms == ["a", "b", "new"]
+    assert record["verdict"] == "CONTINUE" and record["rule"] == "minimum_data", record["reason"]
+    assert [s["count"] for s in record["statistics"] if s["arm"] == "new"] == [0]
+
+
 def test_an_arm_offered_to_one_entity_lives_in_that_entity_s_table_only(serde, make) -> None:
     from streams.publisher import decision_record
 
@@ -436,6 +456,39 @@ def test_a_new_arm_enters_at_its_entry_weight_until_it_has_enough_observations(s
     worker.process(to_inputs(judged, serde, 10_000))
     after = publication_round(state, spec, b"e1\x1fx", NOW).publication
     assert after.weights["new"] < 0.1 and "enters" not in after.record["reason"]
+
+
+def test_a_model_entering_after_a_ship_gets_its_entry_weight_and_a_fresh_verdict(serde, make) -> None:
+    """A ship holds every other arm of its time at the holdback or 0; an arm added later (a
+    retrained model) would stay at 0, get no data and never a verdict. It reopens the entity
+    to the policy instead, entering at its entry weight."""
+    from streams.publisher import decision_record, publication_round
+
+    spec = bandit_spec("e1", ["a", "b", "c"], criteria={"sequential": False}, decisions="act")
+    traffic = Traffic()
+    traffic.bandit("e1", ["x"], {"a": 0.05, "b": 0.05, "c": 0.3}, 6000, NOW - 9 * DAY_MS, np.random.default_rng(8),
+                   spacing_ms=125_000)
+    worker = make({"e1": spec})
+    worker.process(to_inputs(traffic, serde))
+    state = worker.processor.states[b"e1\x1fx"]
+    shipped = publication_round(state, spec, b"e1\x1fx", NOW, decision=decision_record(state, spec, b"e1\x1fx", NOW))
+    assert shipped.decision["verdict"] == "SHIP" and shipped.publication.weights["c"] == pytest.approx(0.95, abs=0.01)
+    data = spec.model_dump(mode="json")
+    data["arms"].append({"name": "c2", "values": {"model": "m-c2"}, "entry": {"weight": 0.1, "until_observations": 300}})
+    newer = ExperimentSpec.model_validate({**data, "spec_version": 2})
+    entering = publication_round(state, newer, b"e1\x1fx", NOW).publication
+    assert entering.weights["c2"] == pytest.approx(0.1, abs=0.01), entering.weights
+    assert state.shipped is None and "c2 entered after c was shipped" in entering.record["reason"]
+    # No verdict until the newcomer has its entry's observations: a ship now would starve it.
+    assert decision_record(state, newer, b"e1\x1fx", NOW) is None
+    worker.specs["e1"] = newer
+    late = Traffic()
+    late.bandit("e1", ["x"], {"c2": 0.3}, 300, NOW - 3 * DAY_MS, np.random.default_rng(3), spacing_ms=60_000)
+    worker.process(to_inputs(late, serde, 50_000))
+    state = worker.processor.states[b"e1\x1fx"]
+    assert decision_record(state, newer, b"e1\x1fx", NOW) is not None
+    still = publication_round(state, spec, b"e1\x1fx", NOW)  # the same arms again: nothing more to reopen
+    assert still.publication.weights["c"] > 0.5
 
 
 def test_an_entity_outside_the_specs_list_is_a_dead_letter(serde, make) -> None:
