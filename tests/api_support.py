@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,8 @@ import jsonschema
 import yaml
 
 from sluice.local.kafka import free_loopback_ports, stop_pid
+
+from http_support import exchange  # tests/ is on sys.path wherever this module is imported
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAPI = yaml.safe_load((ROOT / "services" / "api" / "openapi.yaml").read_text())
@@ -83,13 +83,7 @@ class ApiServer:
         sent = {"content-type": "application/json", **(headers or {})}
         if token is not None:
             sent["authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                status, text, got = resp.status, resp.read(), resp.headers
-        except urllib.error.HTTPError as exc:
-            status, text, got = exc.code, exc.read(), exc.headers
-        answer_headers = {k.lower(): v for k, v in got.items()}
+        status, text, answer_headers = exchange(self.url + path, method, data, sent)
         try:
             return status, json.loads(text), answer_headers
         except ValueError:

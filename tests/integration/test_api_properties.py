@@ -14,8 +14,6 @@ import copy
 import json
 import re
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from sluice.core.spec import SpecError, spec_from_mapping
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from http_support import exchange  # noqa: E402
 from api_support import OPENAPI, ApiServer, check_answer, contract_validator, create_token  # noqa: E402
 from stream_support import bandit_spec  # noqa: E402
 
@@ -275,11 +274,5 @@ def test_events_accept_what_the_contract_allows_and_refuse_the_rest(api, query: 
 
 def get(server: ApiServer, path: str, token: str) -> tuple[int, Any, dict[str, str]]:
     """(status, the body: JSON decoded, else bytes, headers with lower-case names) of a GET."""
-    request = urllib.request.Request(server.url + path, headers={"authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            status, body, headers = answer.status, answer.read(), answer.headers
-    except urllib.error.HTTPError as exc:
-        status, body, headers = exc.code, exc.read(), exc.headers
-    lower = {k.lower(): v for k, v in headers.items()}
+    status, body, lower = exchange(server.url + path, headers={"authorization": f"Bearer {token}"})
     return status, json.loads(body) if lower["content-type"] == "application/json" else body, lower

@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from sluice.experiments import ExperimentRegistry
 from sluice.kafka import TopicNames, ensure_topics, topic_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from http_support import exchange  # noqa: E402
 from sidecar_support import Sidecar, publish_table  # noqa: E402
 from stream_support import bandit_spec  # noqa: E402
 
@@ -152,14 +151,8 @@ def call(server: Sidecar, method: str, path: str, body: Any = None, *,
          headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
     """(status, JSON body or text, headers with lower-case names)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, method=method,
-                                 headers={"content-type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as answer:
-            status, raw, got = answer.status, answer.read(), answer.headers
-    except urllib.error.HTTPError as exc:
-        status, raw, got = exc.code, exc.read(), exc.headers
-    lower = {k.lower(): v for k, v in got.items()}
+    status, raw, lower = exchange(server.url + path, method, data,
+                                  {"content-type": "application/json", **(headers or {})}, timeout_s=10)
     return status, json.loads(raw) if lower.get("content-type") == "application/json" else raw.decode(), lower
 
 
