@@ -33,14 +33,18 @@ demo: setup
 tools:
 	deploy/local/ensure-tools
 
+# Two test processes, each with its own broker and ClickHouse engine; a file's tests stay in
+# one process (--dist loadfile), so a module's fixtures start once. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+
 test: setup tools
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
 test-integration: setup
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/integration
 
 up: setup
 	$(SLUICE) up

@@ -12,7 +12,7 @@ from sluice.avro import SchemaSet, SingleObjectSerde
 from sluice.tokens import SCOPES, ApiToken, AuthenticationError, TokenError, authenticate, grants, hash_secret, new_token
 
 
-@pytest.mark.parametrize(("held", "needed"), itertools.product(SCOPES, SCOPES))
+@pytest.mark.parametrize(("held", "needed"), list(itertools.product(SCOPES, SCOPES)))
 def test_write_includes_read_and_admin_includes_both(held: str, needed: str) -> None:
     order = {"read": 0, "write": 1, "admin": 2}
     assert grants(held, needed) == (order[held] >= order[needed])  # type: ignore[arg-type]
