@@ -139,6 +139,11 @@ class LifecycleDemo:
             if r["status"] == "SUCCEEDED":
                 out.append(f"{day}  trainer: job {r['job_id'][:8]} built the datasets once in {r['transform_ms']} ms, "
                            f"trained in {r['train_ms']} ms: {', '.join(r['versions'])}")
+                arms = sorted({f"{v.split('/')[1]}-v{v.split('/')[2]}" for v in r["versions"]})
+                sites = ", ".join(v.split("/")[0] for v in r["versions"])
+                entry = self.spec.models.entry if self.spec.models is not None else None
+                at = f"at {entry.weight:g} until {entry.until_observations} observations" if entry else "as an arm"
+                out.append(f"{day}  lifecycle: {', '.join(arms)} enters {self.spec.id} for {sites} {at}")
             else:
                 out.append(f"{day}  trainer: job {r['job_id'][:8]} attempt {r['attempt']} {r['status'].lower()}: "
                            f"{r['error']}")
