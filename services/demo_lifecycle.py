@@ -73,6 +73,7 @@ class LifecycleDemo:
                                                 lambda v: ModelVersion.from_record(serde.decode(v, "ModelVersion").record),
                                                 security=security)
         self.trainer: Trainer | None = None
+        self.scheduler: TrainingScheduler | None = None
         self.follower: LifecycleFollower | None = None
 
     def data_end(self, entity: str, model_type: str, version: int) -> int | None:
@@ -106,7 +107,8 @@ class LifecycleDemo:
         self.trainer = Trainer(self.bootstrap, self.prefix, self.serde, "services.demo_trainer:train", workers=1,
                                max_attempts=3, backoff_s=2.0, security=self.security, clock=clock)
         self.follower = LifecycleFollower(self.bootstrap, self.prefix, self.serde, security=self.security, clock=clock)
-        scheduler = TrainingScheduler(self.bootstrap, self.prefix, self.serde, self.config, security=self.security)
+        self.scheduler = scheduler = TrainingScheduler(self.bootstrap, self.prefix, self.serde, self.config,
+                                                       security=self.security)
         for name, target in (("scheduler", lambda: self._schedule(scheduler)),
                              ("trainer", lambda: self.trainer.run(until=self._stop.is_set)),  # type: ignore[union-attr]
                              ("lifecycle", lambda: self.follower.run(until=self._stop.is_set))):  # type: ignore[union-attr]
@@ -156,6 +158,9 @@ class LifecycleDemo:
         self._stop.set()
         for thread in self._threads:
             thread.join(60)
+        for service in (self.trainer, self.scheduler):
+            if service is not None:
+                service.close()
         self._versions.stop()
 
     def summary(self) -> dict[str, Any]:

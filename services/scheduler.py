@@ -160,6 +160,10 @@ class TrainingScheduler:
                      r["expected_gain"])
         return records
 
+    def close(self) -> None:
+        """Let the Kafka producer go once done (flushed first), before its broker may stop."""
+        self._producer.close()
+
     def run(self, every_s: float, until: Callable[[], bool] = lambda: False) -> None:
         while not until():
             started = time.monotonic()

@@ -117,6 +117,10 @@ class Trainer:
             pool.shutdown(cancel_futures=True)
             consumer.close()
 
+    def close(self) -> None:
+        """Let the Kafka producer go once done (flushed first), before its broker may stop."""
+        self._producer.close()
+
     @staticmethod
     def _wait_until(not_before_ms: int, until: Callable[[], bool]) -> None:
         while not until() and time.time() * 1000 < not_before_ms:
