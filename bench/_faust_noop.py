@@ -8,9 +8,12 @@ exits. SETTINGS_JSON holds extra Faust settings to try.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 
@@ -20,8 +23,12 @@ import faust
 def main() -> None:
     bootstrap, topics, expect, batch = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
     extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    # Faust makes its data directory, empty with a memory store, in the working directory
+    # unless told otherwise: the repository's root filled up with them.
+    datadir = tempfile.mkdtemp(prefix="bench-noop-")
+    atexit.register(shutil.rmtree, datadir, ignore_errors=True)
     app = faust.App(f"bench-noop-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
-                    consumer_auto_offset_reset="earliest", web_enabled=False, **extra)
+                    consumer_auto_offset_reset="earliest", web_enabled=False, datadir=datadir, **extra)
     source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
     seen = {"count": 0, "first": 0.0}
 
