@@ -8,8 +8,9 @@ differ from the definition: silently using a topic with, say, `delete` instead o
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sluice.kafka.clients import BrokerErrors, admin_config
 from sluice.kafka.security import PLAINTEXT, KafkaSecurity
@@ -192,4 +193,25 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], *, security: KafkaSecu
                     continue
                 raise KafkaAdapterError(f"cannot create topic {name}: {exc}") from exc
             outcomes[name] = "created"
+        _wait_until_listed(admin, [s.name for s in missing], timeout_s)
     return outcomes
+
+
+def _wait_until_listed(admin: Any, names: list[str], timeout_s: float) -> None:
+    """Until the broker's metadata lists every topic of `names` with a leader for each of
+    its partitions. A topic is created before it is listed: a client that read the metadata
+    in between (a registry reading the experiments topic to its end, say) found it missing;
+    the demo did, on a broker started a second before."""
+    from sluice.kafka.exceptions import KafkaAdapterError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        waiting = [n for n in names if n not in topics or topics[n].error is not None
+                   or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaAdapterError(f"topics {waiting} were created but the broker did not list them with a leader "
+                                    f"within {timeout_s:.0f} s")
+        time.sleep(0.05)
