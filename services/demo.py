@@ -161,7 +161,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
             serde.decode(v, "ExperimentSpec").record), security=security).start()
         _wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", sidecar)
         _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
-        console.print(_console_line(bootstrap, security, names, serde, api_port))
+        console.print(_console_line(bootstrap, security, names, serde, api_port), soft_wrap=True)  # the token on one line
         assignments = SidecarAssignments(f"http://127.0.0.1:{sidecar_port}")
         simulator = Simulator(specs, scenario, assignments, producer, names,
                               data_end=lifecycle.data_end if lifecycle is not None else None)
@@ -222,7 +222,7 @@ def run(settings: Settings, options: DemoOptions, console: Console | None = None
             _record(children, home)
             _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
             console.print(f"[bold]kept running:[/] the console at http://127.0.0.1:{api_port}/console/ and Kafka at "
-                          f"{bootstrap}; Ctrl-C stops them")
+                          f"{bootstrap}; Ctrl-C stops them", soft_wrap=True)
             while api.alive():
                 time.sleep(0.5)
         return summary
