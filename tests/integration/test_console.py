@@ -86,6 +86,16 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+def click(driver: Any, what: str, css: str) -> None:
+    """Find and click the element `css`, found again if the page re-rendered it in between:
+    the weights table is redrawn every few seconds, and a button of its old rows is stale."""
+    def clicked(d: Any) -> bool:
+        d.find_element("css selector", css).click()
+        return True
+
+    wait_for(driver, what, clicked)
+
+
 def wait_for(driver: Any, what: str, condition: Any, timeout_s: float = WAIT_S) -> Any:
     """`condition(driver)` once it is truthy; fails naming `what` and the page's message."""
     from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
@@ -179,7 +189,7 @@ def test_a_writer_pauses_an_experiment_in_the_console_and_the_sidecar_serves_the
     assert (status, body["status"]) == (200, "paused")
 
     # Retire arm b for this entity only, from its row in the weights table.
-    wait_for(browser, "the row of arm b", lambda d: d.find_element("css selector", '#weights tr[data-arm="b"] .retire')).click()
+    click(browser, "the retire button of arm b", '#weights tr[data-arm="b"] .retire')
     wait_for(browser, "the retirement confirmed", lambda d: "arm b: retire done" in d.find_element("id", "message").text)
     text, can_retire = wait_for(browser, "arm b shown retired",
                                 lambda d: row if "retired" in (row := arm_row(d, "b"))[0] else None)
@@ -222,8 +232,9 @@ def test_a_read_only_token_sees_the_actions_disabled_and_the_apis_refusal(stack,
 
     # The page only reflects the scope; the API decides. Forced on, the button gets a 403,
     # and the page shows the API's own words.
-    browser.execute_script("document.getElementById('stop').disabled = false")
-    browser.find_element("id", "stop").click()
+    # Enabled and clicked in one script: the page's refresh, which disables it again, cannot
+    # come in between.
+    browser.execute_script("const stop = document.getElementById('stop'); stop.disabled = false; stop.click()")
     message = wait_for(browser, "the refusal shown", lambda d: d.find_element("id", "message").text)
     assert "403" in message and "scope read; this route needs write" in message
     assert api.request("GET", f"/v1/experiments/{experiment}", token=stack["reader"]["secret"])[1]["status"] != "stopped"
