@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import yaml
 
 from sluice.local.kafka import free_loopback_ports, stop_pid
 
-from http_support import exchange  # tests/ is on sys.path wherever this module is imported
+from http_support import exchange, wait_until_answers  # tests/ is on sys.path wherever this module is imported
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAPI = yaml.safe_load((ROOT / "services" / "api" / "openapi.yaml").read_text())
@@ -64,17 +63,7 @@ class ApiServer:
             stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"api exited with {self.proc.returncode}; log {self.log_path}")
-            try:
-                if self.request("GET", "/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"api not ready within {timeout_s} s; log {self.log_path}")
+        wait_until_answers(self.url + "/healthz", self.proc, "api", self.log_path, timeout_s)
 
     def request(self, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:

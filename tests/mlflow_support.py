@@ -30,6 +30,8 @@ from typing import Any
 from sluice.config import Settings
 from sluice.local.kafka import free_loopback_ports
 
+from http_support import wait_until_answers  # tests/ is on sys.path wherever this module is imported
+
 MLFLOW_VERSION = "3.17.2"
 _STAMP = "sluice-install-complete"
 
@@ -74,19 +76,8 @@ class MlflowServer:
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Poll `/health` until it answers 200 (the first start migrates the SQLite store)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited with {self.proc.returncode}; log {self.log_path}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        self._ready = True
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"mlflow server not ready within {timeout_s} s; log {self.log_path}")
+        wait_until_answers(self.url + "/health", self.proc, "mlflow server", self.log_path, timeout_s, poll_s=0.1)
+        self._ready = True
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One REST call (`path` after /api/2.0/mlflow/), once the server is ready; the answer's JSON."""
